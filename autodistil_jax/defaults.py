@@ -1,0 +1,50 @@
+"""Default settings shared by every config under configs/ (PAPER_NOTES sections 2 and 3)."""
+
+import ml_collections
+
+from autodistil_jax.search_space import SubSpace
+
+
+def subspace_config(space: SubSpace) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"layers": space.layers, "hidden": space.hidden,
+                                    "mlp_ratio": space.mlp_ratio, "heads": space.heads})
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.teacher = "bert-base-uncased"  # an HF checkpoint directory or hub name
+  c.subspaces = ml_collections.ConfigDict()  # name -> {layers, hidden, mlp_ratio, heads}
+
+  c.data = ml_collections.ConfigDict()
+  c.data.corpus = ""  # text file, glob, comma list, or tfds:NAME
+  c.data.seq_len = 128
+  c.data.pack = True  # pack paragraphs into full sequences (False: one per sequence, truncated)
+  c.data.heldout = 2048  # sequences held out for the search (never trained on)
+  c.data.tfds_split = "train"
+  c.data.tfds_data_dir = ""
+  c.data.text_key = "text"
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128  # global, over all devices and hosts
+  c.train.num_steps = 100_000
+  c.train.learning_rate = 4e-5
+  c.train.warmup_steps = 0
+  c.train.weight_decay = 0.01
+  c.train.b1, c.train.b2, c.train.eps = 0.9, 0.999, 1e-8
+  c.train.clip_norm = 1.0
+  c.train.dropout = 0.1
+  c.train.loss = "mse"  # "mse" (paper Eq. 4), "kl" (MiniLMv2), "raw_mse" (the authors' code)
+  c.train.num_random = 2  # sandwich rule: largest + smallest + this many random students
+  c.train.dtype = "float32"  # matmul compute dtype; "bfloat16" on accelerators
+  c.train.grad_accum = 1
+  c.train.student_batching = "scan"  # "vmap" runs the sandwich students side by side
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator = ""  # host:port; empty: auto-detected on TPU pods / SLURM
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  return c

@@ -1,0 +1,48 @@
+"""Training metrics to <workdir>/metrics.jsonl and TensorBoard event files (process 0 only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step and mirrors the scalars to TensorBoard."""
+
+  def __init__(self, workdir: str | os.PathLike, run: str):
+    self.active = jax.process_index() == 0
+    self.run = run
+    if not self.active:
+      return
+    from tensorboardX import SummaryWriter
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+    self._tb = SummaryWriter(str(workdir / "tensorboard" / run))
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.active:
+      return
+    self._jsonl.write(json.dumps({"run": self.run, "step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.active:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def read_metrics(workdir: str | os.PathLike, run: str | None = None) -> list[dict]:
+  """The logged records (of one run, if given), in order."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
+    return []
+  records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+  return [r for r in records if run is None or r["run"] == run]

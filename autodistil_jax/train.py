@@ -1,0 +1,242 @@
+"""Task-agnostic SuperLM training: the jitted sandwich step and the resumable training loop.
+
+One step: the frozen teacher encodes the batch once; the largest, smallest and two random
+students of the sub-space (a pure function of (seed, step)) run forward/backward on the shared
+weights; their gradients are summed, clipped to global norm 1.0 and applied by AdamW. The
+architectures enter as traced int32 values, so the whole run compiles one program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from autodistil_jax import data, distill, parallel
+from autodistil_jax.checkpoints import Checkpointer
+from autodistil_jax.metrics import MetricsWriter
+from autodistil_jax.model import BertEncoder, get_params, init_superlm
+from autodistil_jax.search_space import SubSpace, sandwich_sample
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DECAYED = ("kernel", "word", "position", "token_type")  # no decay on biases and LayerNorm
+
+
+def subspace_from_config(name: str, cfg: ml_collections.ConfigDict) -> SubSpace:
+  return SubSpace(name, tuple(cfg.layers), tuple(cfg.hidden), tuple(float(r) for r in cfg.mlp_ratio),
+                  tuple(cfg.heads))
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+  """Optional linear warmup to the peak, then linear decay to zero at num_steps."""
+  warmup = int(train.warmup_steps)
+  decay = optax.linear_schedule(train.learning_rate, 0.0, max(train.num_steps - warmup, 1))
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, train.learning_rate, warmup), decay], [warmup])
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW with weight decay on matrices and embeddings only."""
+  def decay_mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: str(getattr(path[-1], "key", path[-1])).endswith(_DECAYED), params)
+  return optax.chain(
+      optax.clip_by_global_norm(train.clip_norm),
+      optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
+                  weight_decay=train.weight_decay, mask=decay_mask))
+
+
+def sandwich_archs(space: SubSpace, seed: int, step: int, num_random: int) -> np.ndarray:
+  """The step's students as an int32 [students, 4] array (layers, hidden, ffn, heads)."""
+  return np.stack([a.as_array() for a in sandwich_sample(space, seed, step, num_random)])
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the compiled step."""
+
+  head_size: int
+  relation_heads: int
+  loss: str = "mse"
+  dropout: float = 0.1
+  dtype: str = "float32"
+  grad_accum: int = 1
+  student_batching: str = "scan"  # "scan": one student at a time; "vmap": all at once
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, teacher: BertEncoder) -> StepConfig:
+    t = config.train
+    if t.loss not in distill.LOSS_KINDS:
+      raise ValueError(f"config.train.loss={t.loss!r}: choose one of {distill.LOSS_KINDS}")
+    if t.dtype not in DTYPES:
+      raise ValueError(f"config.train.dtype={t.dtype!r}: choose one of {sorted(DTYPES)}")
+    if t.student_batching not in ("scan", "vmap"):
+      raise ValueError(f"config.train.student_batching={t.student_batching!r}: 'scan' or 'vmap'")
+    if t.grad_accum < 1 or t.batch_size % t.grad_accum:
+      raise ValueError(f"config.train.grad_accum={t.grad_accum} must be >= 1 and divide batch_size")
+    return cls(teacher.config.head_size, teacher.config.heads, t.loss, t.dropout, t.dtype,
+               t.grad_accum, t.student_batching)
+
+
+def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphDef,
+                    optimizer: optax.GradientTransformation, sc: StepConfig) -> Callable:
+  """(params, opt_state, teacher_params, batch, archs, rng) -> (params, opt_state, metrics)."""
+  dtype = DTYPES[sc.dtype]
+
+  def student_loss(params, arch, rng, batch, teacher_logits):
+    out = nnx.merge(student_graphdef, params)(
+        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch,
+        dropout_rate=sc.dropout, dropout_rng=rng, dtype=dtype)
+    return distill.distill_loss(teacher_logits, out, arch[3] * sc.head_size,
+                                batch["attention_mask"], sc.loss)
+
+  def micro_batch(params, teacher_params, batch, archs, rng):
+    teacher = nnx.merge(teacher_graphdef, teacher_params)
+    t_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dtype=dtype)
+    t_logits = jax.lax.stop_gradient(distill.teacher_relations(t_out, sc.relation_heads))
+    keys = jax.random.split(rng, archs.shape[0])
+    grad_fn = jax.value_and_grad(student_loss)
+    if sc.student_batching == "vmap":
+      losses, grads = jax.vmap(grad_fn, in_axes=(None, 0, 0, None, None))(
+          params, archs, keys, batch, t_logits)
+      return losses, jax.tree.map(lambda g: g.sum(0), grads)
+
+    def one_student(acc, xs):
+      loss, grads = grad_fn(params, xs[0], xs[1], batch, t_logits)
+      return jax.tree.map(jnp.add, acc, grads), loss
+    grads, losses = jax.lax.scan(one_student, jax.tree.map(jnp.zeros_like, params), (archs, keys))
+    return losses, grads
+
+  def step(params, opt_state, teacher_params, batch, archs, rng):
+    if sc.grad_accum == 1:
+      losses, grads = micro_batch(params, teacher_params, batch, archs, rng)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape(sc.grad_accum, -1, *x.shape[1:]), batch)
+
+      def accumulate(acc, xs):
+        mb, key = xs
+        out = micro_batch(params, teacher_params, mb, archs, key)
+        return jax.tree.map(jnp.add, acc, out), None
+      zeros = (jnp.zeros(archs.shape[0]), jax.tree.map(jnp.zeros_like, params))
+      (losses, grads), _ = jax.lax.scan(accumulate, zeros,
+                                        (micro, jax.random.split(rng, sc.grad_accum)))
+      losses, grads = jax.tree.map(lambda x: x / sc.grad_accum, (losses, grads))
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"losses": losses, "grad_norm": grad_norm}
+
+  return step
+
+
+def jit_train_step(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """Compiles the step over the mesh: batch sharded over 'data', the rest replicated."""
+  rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  return jax.jit(step, in_shardings=(rep, rep, rep, sharded, rep, rep),
+                 out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
+
+def _loss_scalars(losses: np.ndarray) -> dict[str, float]:
+  return {"loss/largest": float(losses[0]), "loss/smallest": float(losses[1]),
+          "loss/random": float(np.mean(losses[2:])) if len(losses) > 2 else float("nan")}
+
+
+def _initial_state(config, teacher: BertEncoder, space: SubSpace, mesh):
+  superlm = init_superlm(teacher, space)
+  optimizer = make_optimizer(config.train)
+  params = get_params(superlm)
+  state = {"params": params, "opt_state": optimizer.init(params),
+           "rng": jax.random.key_data(jax.random.key(config.seed))}
+  return nnx.graphdef(superlm), optimizer, parallel.replicate(mesh, state)
+
+
+def _checkpointer(config, workdir: Path, name: str) -> Checkpointer:
+  t = config.train
+  return Checkpointer(Path(workdir) / "superlm" / name / "checkpoints", t.checkpoint_every,
+                      t.keep_checkpoints)
+
+
+def load_superlm(config: ml_collections.ConfigDict, workdir: str | Path, name: str,
+                 teacher: BertEncoder, mesh: jax.sharding.Mesh) -> tuple[BertEncoder, int]:
+  """The SuperLM of sub-space `name` from its latest checkpoint, and that checkpoint's step."""
+  space = subspace_from_config(name, config.subspaces[name])
+  graphdef, _, like = _initial_state(config, teacher, space, mesh)
+  ckpt = _checkpointer(config, Path(workdir), name)
+  restored = ckpt.restore(like)
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"no SuperLM checkpoint for sub-space {name!r} in {ckpt.directory}: "
+                            "run --mode=train first")
+  step, state = restored
+  return nnx.merge(graphdef, state["params"]), step
+
+
+def train_superlm(config: ml_collections.ConfigDict, workdir: Path, name: str, teacher: BertEncoder,
+                  tokens: np.ndarray, train_indices: np.ndarray, mesh: jax.sharding.Mesh,
+                  stop_after: int | None = None) -> dict:
+  """Trains (or resumes) the SuperLM of sub-space `name`; returns its parameters.
+
+  Checkpoints go to <workdir>/superlm/<name>/; `stop_after` ends the run early after that step
+  (as a preemption would), leaving the last checkpoint to resume from.
+  """
+  t = config.train
+  space = subspace_from_config(name, config.subspaces[name])
+  sc = StepConfig.from_config(config, teacher)
+  graphdef, optimizer, state = _initial_state(config, teacher, space, mesh)
+  teacher_params = parallel.replicate(mesh, get_params(teacher))
+  parallel.check_batch_size(t.batch_size, mesh)
+  iterator = data.make_iterator(data.train_dataset(
+      tokens, train_indices, t.batch_size, config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), pad_id=teacher.config.pad_token_id))
+  ckpt = _checkpointer(config, workdir, name)
+  restored = ckpt.restore(state, iterator)
+  start = 0 if restored is None else restored[0]
+  if restored is not None:
+    state = restored[1]
+  step_fn = jit_train_step(make_train_step(graphdef, nnx.graphdef(teacher), optimizer, sc), mesh)
+  schedule = learning_rate_schedule(t)
+  writer = MetricsWriter(workdir, f"superlm/{name}")
+  base_key = jax.random.wrap_key_data(state["rng"])
+  end = t.num_steps if stop_after is None else min(stop_after, t.num_steps)
+  tokens_per_step = t.batch_size * tokens.shape[1]
+  bar = tqdm(total=t.num_steps, initial=start, desc=f"train {name}", unit="step",
+             disable=jax.process_index() != 0, dynamic_ncols=True)
+  params, opt_state = state["params"], state["opt_state"]
+  last_log, last_time, interval_sum = start, None, None
+  for step in range(start, end):
+    archs = sandwich_archs(space, config.seed, step, t.num_random)
+    batch = parallel.global_batch(mesh, next(iterator))
+    rng = jax.random.fold_in(base_key, step)
+    params, opt_state, metrics = step_fn(params, opt_state, teacher_params, batch, archs, rng)
+    done = step + 1
+    # Summed on device so that the loop never waits for the step to finish.
+    interval_sum = metrics if interval_sum is None else jax.tree.map(jnp.add, interval_sum, metrics)
+    if done % t.log_every == 0 or done == end:
+      fetched = {k: np.asarray(v) / (done - last_log) for k, v in jax.device_get(interval_sum).items()}
+      interval_sum = None
+      now = time.perf_counter()
+      scalars = _loss_scalars(fetched["losses"])
+      scalars.update({"grad_norm": float(fetched["grad_norm"]), "learning_rate": float(schedule(step))})
+      if last_time is not None:
+        steps_per_s = (done - last_log) / (now - last_time)
+        scalars.update({"steps_per_s": steps_per_s, "tokens_per_s": steps_per_s * tokens_per_step})
+      writer.write(done, scalars)
+      bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in scalars.items() if k.startswith("loss")})
+      last_log, last_time = done, now
+    bar.update(1)
+    ckpt.save(done, {"params": params, "opt_state": opt_state, "rng": state["rng"]}, iterator,
+              force=done == end)
+  bar.close()
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  return params

@@ -1,0 +1,38 @@
+"""The one entry point: python launch/main.py --config=configs/NAME.py --workdir=DIR --mode=MODE.
+
+Any config key can be overridden as --config.KEY=VALUE (e.g. --config.train.num_steps=10).
+Run the same command on every worker of a TPU pod slice or multi-node GPU job.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file under configs/.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train"], "Which stage to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # libraries log a lot at INFO; progress bars say enough
+    logging.set_verbosity(logging.WARNING)
+  from autodistil_jax import pipeline  # after flag parsing: jax picks up XLA flags from the env
+
+  config = _CONFIG.value
+  pipeline.setup_distributed(config)
+  logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
+  try:
+    if _MODE.value == "train":
+      pipeline.run_train(config, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:  # user errors: one line, non-zero exit
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,25 @@
+"""A seconds-long training config for tests: the real MiniLM teacher, a 16-student sub-space.
+
+  python launch/main.py --config=tests/configs/tiny_test.py --workdir=/tmp/t --mode=train \
+      --config.data.corpus=../shared/data/wikitext-2/valid.txt
+"""
+
+import ml_collections
+
+from autodistil_jax.defaults import base_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = base_config()
+  c.teacher = "all-MiniLM-L6-v2"
+  c.subspaces = ml_collections.ConfigDict(
+      {"mini": {"layers": (1, 2), "hidden": (32, 48), "mlp_ratio": (1.0, 2.0), "heads": (2, 3)}})
+  c.data.seq_len = 32
+  c.data.heldout = 16
+  c.train.batch_size = 8
+  c.train.num_steps = 5
+  c.train.learning_rate = 1e-3
+  c.train.log_every = 1
+  c.train.checkpoint_every = 2
+  c.train.keep_checkpoints = 2
+  return c

@@ -1,0 +1,86 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from autodistil_jax import distill
+from autodistil_jax import model as M
+from autodistil_jax import search_space as S
+
+
+def _batch(vocab, lengths=(20, 11, 4), length=20, seed=0):
+  rng = np.random.default_rng(seed)
+  mask = (np.arange(length)[None] < np.array(lengths)[:, None]).astype(np.int32)
+  ids = np.where(mask, rng.integers(1000, vocab, (len(lengths), length)), 0)
+  return jnp.asarray(ids), jnp.asarray(mask)
+
+
+@pytest.fixture(scope="module")
+def superlm(teacher):
+  space = S.SubSpace("t", (2, 3, 4, 6), (64, 96, 384), (2.0, 4.0), (7, 10, 12))
+  return M.init_superlm(teacher, space), space
+
+
+@pytest.mark.parametrize("kind", distill.LOSS_KINDS)
+def test_zero_loss_when_the_student_is_the_teacher(teacher, superlm, kind):
+  sup, _ = superlm
+  ids, mask = _batch(teacher.config.vocab_size)
+  t_logits = distill.teacher_relations(teacher(ids, mask), teacher.config.heads)
+  full = S.Arch(6, 384, 4.0, 12)
+  out = sup(ids, mask, arch=full.as_array())
+  loss = distill.distill_loss(t_logits, out, full.qkv_width(32), mask, kind)
+  assert float(loss) < 1e-9
+  small = S.Arch(2, 64, 2.0, 7)
+  other = distill.distill_loss(t_logits, sup(ids, mask, arch=small.as_array()), small.qkv_width(32),
+                               mask, kind)
+  assert float(other) > 1e-4
+
+
+@pytest.mark.parametrize("kind", distill.LOSS_KINDS)
+def test_padding_does_not_change_the_loss(teacher, superlm, kind):
+  sup, _ = superlm
+  arch = S.Arch(3, 96, 2.0, 10)
+  ids, mask = _batch(teacher.config.vocab_size, lengths=(12, 7), length=12)
+  padded_ids = jnp.pad(ids, ((0, 0), (0, 9)))
+  padded_mask = jnp.pad(mask, ((0, 0), (0, 9)))
+
+  def loss(i, m):
+    t = distill.teacher_relations(teacher(i, m), 12)
+    return distill.distill_loss(t, sup(i, m, arch=arch.as_array()), arch.qkv_width(32), m, kind)
+  np.testing.assert_allclose(loss(ids, mask), loss(padded_ids, padded_mask), rtol=2e-5)
+
+
+def test_split_gathers_active_units_into_padded_heads():
+  x = jnp.arange(2 * 3 * 40, dtype=jnp.float32).reshape(2, 3, 40)
+  split, size = distill.split_relation_heads(x, jnp.int32(26), 4)  # head size 6, 2 units dropped
+  assert split.shape == (2, 3, 4, 10) and int(size) == 6
+  np.testing.assert_array_equal(split[..., :6], x[..., :24].reshape(2, 3, 4, 6))
+  assert not jnp.any(split[..., 6:])
+
+
+def test_gradients_are_finite_for_every_sampled_arch(teacher, superlm):
+  sup, space = superlm
+  ids, mask = _batch(teacher.config.vocab_size)
+  t_logits = distill.teacher_relations(teacher(ids, mask), 12)
+  from flax import nnx
+  graphdef, params = nnx.graphdef(sup), M.get_params(sup)
+
+  @jax.jit
+  def grad(params, arch, key):
+    def loss(p):
+      out = nnx.merge(graphdef, p)(ids, mask, arch=arch, dropout_rate=0.1, dropout_rng=key)
+      return distill.distill_loss(t_logits, out, arch[3] * 32, mask, "mse")
+    return jax.value_and_grad(loss)(params)
+  for step in range(4):
+    for i, arch in enumerate(S.sandwich_sample(space, seed=0, step=step)):
+      value, g = grad(params, jnp.asarray(arch.as_array()), jax.random.key(step * 4 + i))
+      assert np.isfinite(float(value)) and float(value) > 0, arch
+      assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g)), arch
+      assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(g))) > 0, arch
+  assert grad._cache_size() == 1
+
+
+def test_unknown_loss_kind_is_an_error():
+  t = jnp.zeros((1, 2, 3, 3))
+  with pytest.raises(ValueError, match="unknown distillation loss 'l1'"):
+    distill.relation_loss(t, t, jnp.ones((1, 3)), "l1")
