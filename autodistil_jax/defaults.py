@@ -43,6 +43,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
 
+  c.search = ml_collections.ConfigDict()
+  c.search.batch_size = 32  # held-out sequences per evaluator call
+  c.search.num_batches = 0  # 0: every full batch of the held-out split
+  c.search.students_per_call = 16  # students scored side by side (vmap) per compiled call
+  c.search.dtype = "float32"
+  # METRIC<=NUMBER[K|M|G][*teacher], METRIC in flops, params, paper_flops, latency_ms.
+  c.search.budgets = ("flops<=0.5*teacher", "flops<=0.25*teacher")
+  c.search.latency_batch_size = 1  # for latency_ms budgets: measured on the current device
+  c.search.latency_seq_len = 128
+  c.search.max_latency_trials = 50
+
+  c.export = ml_collections.ConfigDict()
+  c.export.subspace = ""  # with arch: export this student instead of the selected ones
+  c.export.arch = ""  # "L,H,R,A", e.g. "4,96,3.0,8"
+  c.export.overwrite = False
+
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator = ""  # host:port; empty: auto-detected on TPU pods / SLURM
   c.distributed.num_processes = 0

@@ -86,8 +86,9 @@ def read_config(directory: Path) -> EncoderConfig:
     hf = json.loads(file.read_text())
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{file} is not valid JSON: {e}") from e
-  if hf.get("model_type") != "bert":
-    raise CheckpointError(f"{file}: model_type is {hf.get('model_type')!r}, only 'bert' is supported")
+  if hf.get("model_type") not in ("bert", REMOTE_MODEL_TYPE):
+    raise CheckpointError(f"{file}: model_type is {hf.get('model_type')!r}, only 'bert' "
+                          f"(or our exported '{REMOTE_MODEL_TYPE}') is supported")
   for key, want in (("hidden_act", "gelu"), ("position_embedding_type", "absolute")):
     if hf.get(key, want) != want:
       raise CheckpointError(f"{file}: {key}={hf[key]!r} is not supported (need {want!r})")
@@ -96,7 +97,7 @@ def read_config(directory: Path) -> EncoderConfig:
     return EncoderConfig.dense(
         hf["num_hidden_layers"], vocab_size=hf["vocab_size"],
         max_position=hf["max_position_embeddings"], type_vocab_size=hf.get("type_vocab_size", 2),
-        hidden=hidden, heads=heads, head_size=hf.get("head_size", hidden // heads),
+        hidden=hidden, heads=heads, head_size=hf.get("attention_head_size", hidden // heads),
         ffn=hf["intermediate_size"], ln_eps=hf.get("layer_norm_eps", 1e-12),
         pad_token_id=hf.get("pad_token_id", 0) or 0)
   except KeyError as e:
@@ -171,3 +172,61 @@ def load_bert(name_or_path: str | os.PathLike) -> BertEncoder:
 
     config = dataclasses.replace(config, pooler=False)
   return from_params(config, params_from_tensors(tensors, config))
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+REMOTE_CODE_FILE = "modeling_autodistil.py"
+REMOTE_MODEL_TYPE = "autodistil_bert"
+
+
+def tensors_from_params(params: dict, config: EncoderConfig) -> dict[str, np.ndarray]:
+  """Our dense encoder's parameters as HF BERT tensors (Linear weights back to [out, in])."""
+  if not config.is_dense:
+    raise ValueError("only a dense encoder (a teacher or an extracted student) can be exported")
+  tensors = {}
+  for (group, name), targets in hf_names(config).items():
+    value = np.asarray(params[group][name], np.float32)
+    values = list(value) if group == "layers" else [value]
+    for target, v in zip(targets, values, strict=True):
+      tensors[target] = np.ascontiguousarray(v.T if name.endswith("kernel") else v)
+  tensors["embeddings.position_ids"] = np.arange(config.max_position, dtype=np.int64)[None]
+  return tensors
+
+
+def hf_config(config: EncoderConfig) -> dict:
+  """config.json for `config`: a plain BERT when Q/K/V width equals hidden, else our remote code."""
+  out = {
+      "architectures": ["BertModel"], "model_type": "bert", "vocab_size": config.vocab_size,
+      "hidden_size": config.hidden, "num_hidden_layers": config.depth,
+      "num_attention_heads": config.heads, "intermediate_size": config.ffn, "hidden_act": "gelu",
+      "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+      "max_position_embeddings": config.max_position, "type_vocab_size": config.type_vocab_size,
+      "initializer_range": 0.02, "layer_norm_eps": config.ln_eps, "pad_token_id": config.pad_token_id,
+      "position_embedding_type": "absolute", "use_cache": True,
+  }
+  if config.qkv_width != config.hidden:
+    module = REMOTE_CODE_FILE.removesuffix(".py")
+    out.update({
+        "architectures": ["AutoDistilBertModel"], "model_type": REMOTE_MODEL_TYPE,
+        "attention_head_size": config.head_size,
+        "auto_map": {"AutoConfig": f"{module}.AutoDistilBertConfig",
+                     "AutoModel": f"{module}.AutoDistilBertModel",
+                     "AutoModelForSequenceClassification":
+                         f"{module}.AutoDistilBertForSequenceClassification"},
+    })
+  return out
+
+
+def write_checkpoint(directory: Path, config: EncoderConfig, params: dict) -> None:
+  """config.json + model.safetensors (+ the modeling file when the student needs it) into an
+  existing directory."""
+  from safetensors.numpy import save_file
+
+  spec = hf_config(config)
+  (directory / "config.json").write_text(json.dumps(spec, indent=2) + "\n")
+  save_file(tensors_from_params(params, config), directory / "model.safetensors",
+            metadata={"format": "pt"})
+  if "auto_map" in spec:
+    source = Path(__file__).parent / "hf_remote" / REMOTE_CODE_FILE
+    (directory / REMOTE_CODE_FILE).write_text(source.read_text())

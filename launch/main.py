@@ -12,7 +12,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file under configs/.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train"], "Which stage to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "search", "export"], "Which stage to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,7 +29,11 @@ def main(argv):
   try:
     if _MODE.value == "train":
       pipeline.run_train(config, _WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:  # user errors: one line, non-zero exit
+    elif _MODE.value == "search":
+      pipeline.run_search(config, _WORKDIR.value)
+    elif _MODE.value == "export":
+      pipeline.run_export(config, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: one line, non-zero exit
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -22,4 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 1
   c.train.checkpoint_every = 2
   c.train.keep_checkpoints = 2
+  c.search.batch_size = 8
+  c.search.students_per_call = 4
+  c.search.budgets = ("flops<=0.5*teacher", "params<=12M")
   return c

@@ -1,0 +1,1 @@
+"""Files copied into exported checkpoints (not imported by autodistil_jax itself)."""

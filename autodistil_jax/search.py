@@ -1,0 +1,202 @@
+"""Lightweight task-agnostic search (PAPER_NOTES section 4): score every student of every SuperLM
+with the distillation loss on fixed held-out batches, keep the Pareto front of cost vs loss, and
+pick the least-loss student under each budget. No re-training.
+
+One jitted evaluator per sub-space scores a chunk of students at once (vmap over architectures,
+batch sharded over devices); a short last chunk is padded, so nothing recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from autodistil_jax import distill
+from autodistil_jax.model import BertEncoder, extract_student
+from autodistil_jax.search_space import Arch, Vocab, exact_flops, exact_params, paper_flops
+
+METRICS = ("flops", "params", "paper_flops", "latency_ms")
+_UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_BUDGET = re.compile(r"^\s*(\w+)\s*<=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMGT]?)\s*"
+                     r"(\*\s*teacher)?\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  text: str
+  metric: str
+  limit: float  # absolute, in the metric's own unit
+
+  def allows(self, row: dict) -> bool:
+    return row[self.metric] <= self.limit
+
+
+def parse_budget(text: str, teacher_costs: dict[str, float]) -> Budget:
+  """'flops<=0.5*teacher', 'params<=30M', 'paper_flops<=2.1G', 'latency_ms<=5' -> Budget."""
+  m = _BUDGET.match(text)
+  if not m or m.group(1) not in METRICS:
+    raise ValueError(f"budget {text!r} is not METRIC<=NUMBER[K|M|G][*teacher] with METRIC one of "
+                     f"{METRICS}, e.g. 'flops<=0.5*teacher' or 'params<=30M'")
+  metric, number, unit, relative = m.groups()
+  limit = float(number) * _UNITS[unit]
+  if relative:
+    limit *= teacher_costs[metric]
+  return Budget(text, metric, limit)
+
+
+def student_costs(arch: Arch, head_size: int, seq_len: int, vocab: Vocab, pooler: bool) -> dict:
+  return {"params": exact_params(arch, head_size, vocab, pooler),
+          "flops": exact_flops(arch, seq_len, head_size, pooler),
+          "paper_flops": paper_flops(arch, seq_len)}
+
+
+def make_teacher_relations(teacher: BertEncoder, dtype=jnp.float32) -> Callable:
+  graphdef = nnx.graphdef(teacher)
+
+  @jax.jit
+  def relations(params, batch):
+    out = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"],
+                                      batch["token_type_ids"], dtype=dtype)
+    return distill.teacher_relations(out, teacher.config.heads)
+  return relations
+
+
+def make_evaluator(superlm: BertEncoder, loss: str = "mse", dtype=jnp.float32) -> Callable:
+  """(params, teacher_logits, batch, archs [S, 4]) -> the S students' losses, jitted once."""
+  graphdef, head_size = nnx.graphdef(superlm), superlm.config.head_size
+
+  def one(params, teacher_logits, batch, arch):
+    out = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"],
+                                      batch["token_type_ids"], arch, dtype=dtype)
+    return distill.distill_loss(teacher_logits, out, arch[3] * head_size, batch["attention_mask"], loss)
+
+  return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
+
+
+def score_students(evaluator: Callable, params, teacher_logits: Sequence, batches: Sequence[dict],
+                   archs: Sequence[Arch], chunk: int, progress: Callable[[int], None] | None = None,
+                   ) -> np.ndarray:
+  """Mean held-out loss of every arch, `chunk` students per call (the last chunk padded)."""
+  table = np.stack([a.as_array() for a in archs])
+  totals = []
+  for start in range(0, len(table), chunk):
+    rows = table[start:start + chunk]
+    padded = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows), 0)])
+    acc = sum(evaluator(params, t, b, padded) for t, b in zip(teacher_logits, batches, strict=True))
+    totals.append(np.asarray(acc)[:len(rows)] / len(batches))
+    if progress is not None:
+      progress(len(rows))
+  return np.concatenate(totals)
+
+
+def pareto_front(rows: Sequence[dict], cost: str = "flops") -> list[dict]:
+  """Rows not dominated in (cost, loss): each is cheaper than every row of lower loss."""
+  front, best = [], float("inf")
+  for row in sorted(rows, key=lambda r: (r[cost], r["loss"])):
+    if row["loss"] < best:
+      front.append(row)
+      best = row["loss"]
+  return front
+
+
+def measure_latency_ms(model: BertEncoder, batch_size: int, seq_len: int, repeats: int = 10) -> float:
+  """Median wall time of the jitted forward on the current default device."""
+  graphdef, params = nnx.split(model)
+  forward = jax.jit(lambda p, ids: nnx.merge(graphdef, p)(ids).hidden)
+  ids = jnp.ones((batch_size, seq_len), jnp.int32)
+  forward(params, ids).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    forward(params, ids).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times) * 1e3)
+
+
+def select(rows: list[dict], budgets: Sequence[Budget], superlms: dict[str, BertEncoder] | None = None,
+           latency: tuple[int, int] = (1, 128), max_latency_trials: int = 50) -> dict[str, dict]:
+  """The least-loss student under each budget, across all sub-spaces.
+
+  A latency budget measures extracted students in order of loss until one fits (at most
+  `max_latency_trials`); measured latencies are written into their rows.
+  """
+  chosen = {}
+  for budget in budgets:
+    if budget.metric == "latency_ms":
+      if superlms is None:
+        raise ValueError("a latency budget needs the SuperLMs to measure students")
+      for row in sorted(rows, key=lambda r: r["loss"])[:max_latency_trials]:
+        if "latency_ms" not in row:
+          arch = Arch(row["layers"], row["hidden"], row["mlp_ratio"], row["heads"])
+          row["latency_ms"] = measure_latency_ms(extract_student(superlms[row["subspace"]], arch), *latency)
+        if budget.allows(row):
+          chosen[budget.text] = row
+          break
+      else:
+        measured = [r["latency_ms"] for r in rows if "latency_ms" in r]
+        raise ValueError(f"budget {budget.text!r}: none of the {len(measured)} lowest-loss students "
+                         f"fits (fastest measured {min(measured):.3g} ms); relax the budget")
+      continue
+    fitting = [r for r in rows if budget.allows(r)]
+    if not fitting:
+      cheapest = min(rows, key=lambda r: r[budget.metric])
+      raise ValueError(f"budget {budget.text!r} (limit {budget.limit:.4g}) is met by no student: the "
+                       f"cheapest, {cheapest['name']} of {cheapest['subspace']}, has "
+                       f"{budget.metric}={cheapest[budget.metric]:.4g}; relax the budget")
+    chosen[budget.text] = min(fitting, key=lambda r: r["loss"])
+  return chosen
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("subspace", "name", "layers", "hidden", "mlp_ratio", "heads", "params", "flops",
+               "paper_flops", "loss", "tokens")
+
+
+def write_results_csv(path, rows: Sequence[dict]) -> None:
+  import csv
+
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS + ("latency_ms",), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def plot_pareto(path, rows: Sequence[dict], selected: dict[str, dict], teacher_flops: float) -> None:
+  """FLOPs vs loss of every student, the Pareto front, and the selected students labelled."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+  for name in dict.fromkeys(r["subspace"] for r in rows):
+    mine = [r for r in rows if r["subspace"] == name]
+    ax.scatter([r["flops"] / 1e9 for r in mine], [r["loss"] for r in mine], s=10, alpha=0.55,
+               label=f"{name} ({len(mine)} students)")
+  front = pareto_front(rows)
+  ax.step([r["flops"] / 1e9 for r in front], [r["loss"] for r in front], where="post", color="black",
+          linewidth=1.2, label="Pareto front")
+  for budget, row in selected.items():
+    x, y = row["flops"] / 1e9, row["loss"]
+    ax.scatter([x], [y], marker="*", s=180, color="red", edgecolor="black", zorder=5)
+    ax.annotate(f"{row['name']}\n{budget}", (x, y), textcoords="offset points", xytext=(8, 8),
+                fontsize=7, arrowprops={"arrowstyle": "-", "lw": 0.5})
+  ax.axvline(teacher_flops / 1e9, color="grey", linestyle="--", linewidth=0.8, label="teacher FLOPs")
+  ax.set_xscale("log")
+  ax.set_xlabel("GFLOPs per sequence (exact, 2 per multiply-add)")
+  ax.set_ylabel("held-out relation distillation loss")
+  ax.set_title("AutoDistil search: every student of every SuperLM")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

@@ -1,0 +1,86 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from autodistil_jax import export, hf_io
+from autodistil_jax import model as M
+from autodistil_jax import search_space as S
+
+torch = pytest.importorskip("torch", reason="torch is in the test extra")
+
+
+@pytest.fixture(scope="module")
+def superlm(teacher):
+  space = S.SubSpace("t", (2, 3), (64, 96, 384), (2.0, 3.0), (3, 7, 12))
+  sup = M.init_superlm(teacher, space)
+  leaves, treedef = jax.tree.flatten(M.get_params(sup))
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  return M.from_params(sup.config, jax.tree.unflatten(
+      treedef, [w * (1 + 0.05 * jax.random.normal(k, w.shape)) for w, k in zip(leaves, keys, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def batch(teacher_dir):
+  from transformers import AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(teacher_dir)
+  return tok(["A searched student should load straight into transformers.", "Short one."],
+             ["With a second segment.", "Yes"], padding=True, return_tensors="np")
+
+
+# (arch, needs remote code): Q/K/V width 3*32 == hidden 96 is a plain BertModel.
+@pytest.mark.parametrize("arch,remote", [(S.Arch(3, 96, 2.0, 3), False), (S.Arch(2, 64, 3.0, 7), True)])
+def test_export_loads_in_transformers_and_matches(superlm, teacher_dir, batch, tmp_path, arch, remote):
+  from transformers import AutoModel, AutoModelForSequenceClassification
+  target = export.export_student(superlm, arch, tmp_path / "student", teacher_dir=teacher_dir,
+                                 teacher_name="all-MiniLM-L6-v2", subspace="t", seq_len=128, loss=0.5)
+  assert (target / "modeling_autodistil.py").exists() == remote
+  assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "README.md"} <= {
+      p.name for p in target.iterdir()}
+  model, info = AutoModel.from_pretrained(target, trust_remote_code=True, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  assert type(model).__name__ == ("AutoDistilBertModel" if remote else "BertModel")
+  inputs = {k: torch.from_numpy(v) for k, v in batch.items()}
+  with torch.no_grad():
+    want = model.eval()(**inputs).last_hidden_state.numpy()
+  got = np.asarray(M.extract_student(superlm, arch)(
+      *(jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))).hidden)
+  diff = np.abs(want - got).max()
+  print(f"{arch.name} ({'remote code' if remote else 'BertModel'}): max |transformers - ours| = {diff:.2e}")
+  assert diff <= 1e-4
+  classifier, info = AutoModelForSequenceClassification.from_pretrained(
+      target, trust_remote_code=True, num_labels=3, output_loading_info=True)
+  assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
+  assert not info["unexpected_keys"]
+  with torch.no_grad():
+    classifier.eval()
+    assert classifier(**inputs).logits.shape == (2, 3)
+    np.testing.assert_allclose(classifier.bert(**inputs).last_hidden_state.numpy(), want, atol=1e-5)
+  card = (target / "README.md").read_text()
+  assert arch.name in card and "all-MiniLM-L6-v2" in card and ("trust_remote_code=True" in card) == remote
+
+
+def test_import_of_an_export_gives_identical_parameters(superlm, teacher_dir, tmp_path):
+  arch = S.Arch(2, 64, 3.0, 7)
+  target = export.export_student(superlm, arch, tmp_path / "s", teacher_dir=teacher_dir,
+                                 teacher_name="t", subspace="t", seq_len=128)
+  back = hf_io.load_bert(target)
+  student = M.extract_student(superlm, arch)
+  assert back.config == student.config
+  for a, b in zip(jax.tree.leaves(M.get_params(back)), jax.tree.leaves(M.get_params(student)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_existing_target_is_kept_unless_overwrite(superlm, teacher_dir, tmp_path):
+  target = tmp_path / "s"
+  target.mkdir()
+  (target / "keep.txt").write_text("mine")
+  kwargs = dict(teacher_dir=teacher_dir, teacher_name="t", subspace="t", seq_len=128)
+  with pytest.raises(FileExistsError, match="already exists; remove it or pass --overwrite"):
+    export.export_student(superlm, S.Arch(2, 64, 2.0, 3), target, **kwargs)
+  assert (target / "keep.txt").read_text() == "mine"
+  with pytest.raises(ValueError, match="exceeds this model's"):
+    export.export_student(superlm, S.Arch(2, 512, 2.0, 3), tmp_path / "bad", **kwargs)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # nothing half-written
+  export.export_student(superlm, S.Arch(2, 64, 2.0, 3), target, overwrite=True, **kwargs)
+  assert not (target / "keep.txt").exists() and (target / "model.safetensors").exists()

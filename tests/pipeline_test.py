@@ -1,0 +1,52 @@
+"""train -> search -> export through launch/main.py, as a user runs it (tiny config)."""
+
+import csv
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _main(workdir, mode, corpus, *extra):
+  return subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "main.py"), f"--config={ROOT}/tests/configs/tiny_test.py",
+       f"--workdir={workdir}", f"--mode={mode}", f"--config.data.corpus={corpus}", *extra],
+      cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_train_search_export(data_dir, tmp_path):
+  corpus = str(data_dir / "wikitext-2" / "valid.txt")
+  for mode in ("train", "search", "export"):
+    result = _main(tmp_path, mode, corpus)
+    assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "search" / "results.csv", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 16 and all(float(r["loss"]) > 0 and int(r["tokens"]) > 0 for r in rows)
+  assert set(rows[0]) >= {"subspace", "layers", "hidden", "mlp_ratio", "heads", "params", "flops",
+                          "paper_flops", "loss", "tokens"}
+  selected = json.loads((tmp_path / "search" / "selected.json").read_text())
+  assert set(selected) == {"flops<=0.5*teacher", "params<=12M"}
+  summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+  assert summary["timing"]["mini"]["compilations"] == 1
+  assert (tmp_path / "search" / "pareto.png").stat().st_size > 10_000
+  exported = sorted(p.name for p in (tmp_path / "export").iterdir())
+  assert exported and all(p.startswith("mini-L") for p in exported)
+
+  again = _main(tmp_path, "export", corpus)  # an existing export is never overwritten silently
+  assert again.returncode != 0 and "export targets exist" in again.stderr
+  impossible = _main(tmp_path, "search", corpus, "--config.search.budgets=('params<=1K',)")
+  assert impossible.returncode != 0 and "is met by no student: the cheapest" in impossible.stderr
+  assert (tmp_path / "search" / "selected.json").read_text() == json.dumps(selected, indent=2) + "\n"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.batch_sise=4", "batch_sise"),
+    ("--config.data.seq_len=1024", "exceeds the teacher's max_position_embeddings"),
+])
+def test_bad_configs_fail_with_one_line(data_dir, tmp_path, override, message):
+  result = _main(tmp_path, "train", str(data_dir / "wikitext-2" / "valid.txt"), override)
+  assert result.returncode != 0 and message in result.stderr

@@ -1,0 +1,80 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from autodistil_jax import distill, search
+from autodistil_jax import model as M
+from autodistil_jax import search_space as S
+
+
+@pytest.fixture(scope="module")
+def setup(teacher):
+  space = S.SubSpace("t", (2, 3), (64, 96), (2.0, 3.0), (4, 7))
+  sup = M.init_superlm(teacher, space)
+  rng = np.random.default_rng(0)
+  batches = []
+  for lengths in ((24, 17, 9, 24), (24, 24, 3, 12)):
+    mask = (np.arange(24)[None] < np.array(lengths)[:, None]).astype(np.int32)
+    ids = np.where(mask, rng.integers(1000, 30000, (4, 24)), 0)
+    batches.append({"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask),
+                    "token_type_ids": jnp.zeros((4, 24), jnp.int32)})
+  relations = search.make_teacher_relations(teacher)
+  logits = [relations(M.get_params(teacher), b) for b in batches]
+  return sup, space, batches, logits
+
+
+def test_evaluator_equals_training_loss_and_compiles_once(setup):
+  sup, space, batches, logits = setup
+  archs = space.enumerate()
+  assert len(archs) == 16
+  evaluator = search.make_evaluator(sup)
+  params = M.get_params(sup)
+  scores = search.score_students(evaluator, params, logits, batches, archs, chunk=5)  # 5+5+5+1(padded)
+  assert evaluator._cache_size() == 1
+  graphdef = nnx.graphdef(sup)
+  for arch, score in zip(archs[::3], scores[::3], strict=True):
+    per_batch = []
+    for b, t in zip(batches, logits, strict=True):
+      out = nnx.merge(graphdef, params)(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                                        jnp.asarray(arch.as_array()))
+      per_batch.append(distill.distill_loss(t, out, arch.qkv_width(32), b["attention_mask"], "mse"))
+    np.testing.assert_allclose(score, np.mean(per_batch), rtol=1e-5)
+  again = search.score_students(evaluator, params, logits, batches, archs, chunk=5)
+  np.testing.assert_array_equal(scores, again)
+
+
+def _rows():
+  return [{"subspace": "a", "name": n, "flops": f, "params": p, "loss": loss}
+          for n, f, p, loss in [("x", 1.0, 10, 0.9), ("y", 2.0, 20, 0.5), ("z", 3.0, 15, 0.7),
+                                ("w", 4.0, 40, 0.2), ("v", 2.0, 25, 0.6)]]
+
+
+def test_pareto_front_keeps_only_undominated_students():
+  assert [r["name"] for r in search.pareto_front(_rows())] == ["x", "y", "w"]
+
+
+def test_budgets_parse_and_select_the_least_loss_student():
+  teacher = {"flops": 8.0, "params": 100, "paper_flops": 4.0}
+  b = search.parse_budget("flops<=0.5*teacher", teacher)
+  assert (b.metric, b.limit) == ("flops", 4.0)
+  assert search.parse_budget("params <= 30M", teacher).limit == 30e6
+  assert search.parse_budget("paper_flops<=2.1G", teacher).limit == 2.1e9
+  chosen = search.select(_rows(), [search.parse_budget("flops<=0.3*teacher", teacher),
+                                    search.parse_budget("params<=24", teacher)])
+  assert chosen["flops<=0.3*teacher"]["name"] == "y" and chosen["params<=24"]["name"] == "y"
+  with pytest.raises(ValueError, match="is met by no student: the cheapest, x of a, has flops=1"):
+    search.select(_rows(), [search.parse_budget("flops<=0.1*teacher", teacher)])
+  with pytest.raises(ValueError, match="is not METRIC<=NUMBER"):
+    search.parse_budget("gflops<0.5", teacher)
+
+
+def test_latency_budget_measures_students(setup):
+  sup, space, *_ = setup
+  rows = [{"subspace": "t", "name": a.name, "layers": a.layers, "hidden": a.hidden,
+           "mlp_ratio": a.mlp_ratio, "heads": a.heads, "loss": float(i)}
+          for i, a in enumerate([space.largest, space.smallest])]
+  chosen = search.select(rows, [search.parse_budget("latency_ms<=1e6", {})], {"t": sup}, (1, 16))
+  assert chosen["latency_ms<=1e6"]["name"] == space.largest.name and rows[0]["latency_ms"] > 0
+  with pytest.raises(ValueError, match="none of the 2 lowest-loss students fits"):
+    search.select(rows, [search.parse_budget("latency_ms<=1e-9", {})], {"t": sup}, (1, 16))
