@@ -27,9 +27,11 @@ _TOKENIZE_CHUNK = 1024
 
 def load_tokenizer(checkpoint_dir: str | os.PathLike):
   """The teacher's fast tokenizer (tokenizer.json or vocab.txt in its directory)."""
-  from transformers import AutoTokenizer
+  from transformers import BertTokenizerFast
 
-  tok = AutoTokenizer.from_pretrained(str(checkpoint_dir))
+  # BertTokenizerFast, not AutoTokenizer: the latter would read an exported student's config
+  # and ask to run its remote code just to pick a tokenizer class.
+  tok = BertTokenizerFast.from_pretrained(str(checkpoint_dir))
   if not tok.is_fast:
     raise ValueError(f"{checkpoint_dir}: no fast tokenizer; it needs tokenizer.json or vocab.txt")
   tok.model_max_length = 1 << 40  # whole paragraphs are tokenised, then cut to seq_len by us

@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_split = "train"
   c.data.tfds_data_dir = ""
   c.data.text_key = "text"
+  c.data.glue_dir = ""  # the GLUE TSV root (CoLA/, SST-2/, ...), for --mode=finetune
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128  # global, over all devices and hosts
@@ -58,6 +59,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.export.subspace = ""  # with arch: export this student instead of the selected ones
   c.export.arch = ""  # "L,H,R,A", e.g. "4,96,3.0,8"
   c.export.overwrite = False
+
+  c.glue = ml_collections.ConfigDict()  # PAPER_NOTES section 7
+  c.glue.tasks = ("mnli", "qnli", "qqp", "sst2", "cola", "mrpc", "rte")
+  c.glue.learning_rates = (2e-5,)  # a grid: the best mean over seeds is reported
+  c.glue.seeds = (0,)
+  c.glue.batch_size = 32
+  c.glue.eval_batch_size = 128
+  c.glue.epochs = 20
+  c.glue.seq_len = 128
+  c.glue.dropout = 0.1
+  c.glue.max_train_examples = 0  # 0: all; else a seeded subset (for quick runs)
+  c.glue.include_teacher = True
+  c.glue.models = ()  # further HF BERT directories to fine-tune beside the exports
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator = ""  # host:port; empty: auto-detected on TPU pods / SLURM

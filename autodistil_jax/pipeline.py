@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from autodistil_jax import data, export, hf_io, parallel, search
 from autodistil_jax.metrics import read_metrics
 from autodistil_jax.model import BertEncoder, get_params
-from autodistil_jax.search_space import Arch, Vocab
+from autodistil_jax.search_space import Arch, Vocab, exact_flops
 from autodistil_jax.train import DTYPES, load_superlm, subspace_from_config, train_superlm
 
 
@@ -247,3 +248,141 @@ def run_export(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
                             seq_len=config.data.seq_len, loss=loss, overwrite=e.overwrite)
       print(f"exported {name} {arch.name} -> {target}")
   return targets
+
+
+def finetune_models(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, str]:
+  """name -> checkpoint: the teacher first, then every export, then config.glue.models."""
+  models = {"teacher": str(config.teacher)} if config.glue.include_teacher else {}
+  export_dir = workdir / "export"
+  if export_dir.is_dir():
+    models.update({p.name: str(p) for p in sorted(export_dir.iterdir())
+                   if p.is_dir() and not p.name.startswith(".")})
+  for path in config.glue.models:
+    models[Path(path).name] = str(path)
+  if not models:
+    raise ValueError("nothing to fine-tune: no export in the workdir, config.glue.include_teacher "
+                     "is off and config.glue.models is empty")
+  return models
+
+
+def run_finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+  """Fine-tunes every model on every task of config.glue.tasks; results.json per (model, task),
+  skipping those already done, then the summary table."""
+  from autodistil_jax import finetune, glue
+
+  workdir = check_workdir(workdir)
+  g = config.glue
+  if not config.data.glue_dir:
+    raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root)")
+  tasks = [glue.get_task(t) for t in g.tasks]
+  mesh = parallel.make_mesh()
+  models = finetune_models(config, workdir)
+  splits = {t.name: {"train": glue.read_tsv(t, config.data.glue_dir, "train"),
+                     **{s: glue.read_tsv(t, config.data.glue_dir, s) for s in t.dev_splits}}
+            for t in tasks}
+  for model_name, checkpoint in models.items():
+    encoder = hf_io.load_bert(checkpoint)
+    tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(checkpoint))
+    for task in tasks:
+      out = workdir / "glue" / model_name / task.name / "results.json"
+      if out.is_file():
+        continue
+      train = glue.encode(splits[task.name]["train"], tokenizer, g.seq_len)
+      if g.max_train_examples:
+        keep = np.random.default_rng(config.seed).permutation(len(train["labels"]))[:g.max_train_examples]
+        train = {k: v[np.sort(keep)] for k, v in train.items()}
+      dev = {s: glue.encode(splits[task.name][s], tokenizer, g.seq_len) for s in task.dev_splits}
+      runs = [finetune.finetune(encoder, task, train, dev, g, lr, seed, mesh,
+                                desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
+              for lr in g.learning_rates for seed in g.seeds]
+      by_lr = {lr: [glue.main_score(task, next(iter(r.best.values()))) for r in runs
+                    if r.learning_rate == lr] for lr in g.learning_rates}
+      best_lr = max(by_lr, key=lambda lr: np.mean(by_lr[lr]))
+      scores = by_lr[best_lr]
+      result = {"model": model_name, "checkpoint": checkpoint, "task": task.name,
+                "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(get_params(encoder)))),
+                "flops": _encoder_flops(encoder, g.seq_len), "best_lr": best_lr,
+                "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
+                "train_examples": int(len(train["labels"])),
+                "runs": [dataclasses.asdict(r) for r in runs]}
+      if jax.process_index() == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)
+        print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
+              f"(+-{100 * result['score_std']:.1f}, lr {best_lr:g})")
+  return write_summary(workdir, list(models), [t.name for t in tasks])
+
+
+def _encoder_flops(encoder: BertEncoder, seq_len: int) -> int:
+  c = encoder.config
+  return exact_flops(Arch(c.depth, c.hidden, c.ffn / c.hidden, c.heads), seq_len, c.head_size, c.pooler)
+
+
+def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
+  """<workdir>/glue/summary.csv and summary.md: model, params, FLOPs, a column per task, average."""
+  import csv
+
+  rows = []
+  for model in models:
+    results = {}
+    for task in tasks:
+      path = workdir / "glue" / model / task / "results.json"
+      if path.is_file():
+        results[task] = json.loads(path.read_text())
+    if not results:
+      continue
+    first = next(iter(results.values()))
+    row = {"model": model, "params": first["params"], "gflops": first["flops"] / 1e9}
+    for task in tasks:
+      row[task] = 100 * results[task]["score_mean"] if task in results else float("nan")
+      row[f"{task}_std"] = 100 * results[task]["score_std"] if task in results else float("nan")
+    row["average"] = float(np.mean([row[t] for t in tasks]))
+    rows.append(row)
+  out = workdir / "glue"
+  out.mkdir(parents=True, exist_ok=True)
+  with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
+    writer.writeheader()
+    writer.writerows(rows)
+  lines = ["| model | params | GFLOPs | " + " | ".join(tasks) + " | avg |",
+           "|---" * (len(tasks) + 4) + "|"]
+  for r in rows:
+    cells = [f"{r[t]:.1f} ± {r[t + '_std']:.1f}" for t in tasks]
+    lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['gflops']:.3f} | "
+                 + " | ".join(cells) + f" | {r['average']:.1f} |")
+  (out / "summary.md").write_text("\n".join(lines) + "\n")
+  if jax.process_index() == 0:
+    print("\n".join(lines))
+  return out / "summary.md"
+
+
+STAGES = ("train", "search", "export", "finetune")
+
+
+def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+  """train -> search -> export -> finetune + report. A finished stage leaves a marker and is
+  skipped when the command is run again; an interrupted one resumes (training from its last
+  checkpoint, fine-tuning from the last finished model/task)."""
+  workdir = check_workdir(workdir)
+  runners = {"train": run_train, "search": run_search, "export": run_export, "finetune": run_finetune}
+  start = time.perf_counter()
+  result = None
+  for i, stage in enumerate(STAGES, 1):
+    marker = workdir / "stages" / f"{stage}.done"
+    if marker.is_file():
+      print(f"[{i}/{len(STAGES)}] {stage}: done before, skipped")
+      continue
+    print(f"[{i}/{len(STAGES)}] {stage} ...")
+    t0 = time.perf_counter()
+    if stage == "export":  # re-exporting after an interrupted export replaces partial results
+      config.export.overwrite = True
+    result = runners[stage](config, workdir)
+    if jax.process_index() == 0:
+      marker.parent.mkdir(parents=True, exist_ok=True)
+      marker.write_text(f"{time.perf_counter() - t0:.1f} s\n")
+    print(f"[{i}/{len(STAGES)}] {stage}: {time.perf_counter() - t0:.1f} s")
+  print(f"all stages finished in {time.perf_counter() - start:.1f} s; GLUE table: "
+        f"{workdir / 'glue' / 'summary.md'}")
+  return workdir / "glue" / "summary.md" if result is None else result

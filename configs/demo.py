@@ -35,4 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 40
   c.train.keep_checkpoints = 2
+  # GLUE on a CPU budget: a seeded 1000-example subset of each training set, 2 epochs, seq 64.
+  c.glue.tasks = ("sst2", "mrpc", "rte", "cola", "stsb")
+  c.glue.seq_len = 64
+  c.glue.batch_size = 16
+  c.glue.eval_batch_size = 64
+  c.glue.epochs = 2
+  c.glue.max_train_examples = 1000
+  c.glue.learning_rates = (1e-4,)
   return c

@@ -12,7 +12,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file under configs/.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "search", "export"], "Which stage to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "search", "export", "finetune", "all"],
+                          "Which stage to run (all: every stage in order, skipping finished ones).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,6 +34,10 @@ def main(argv):
       pipeline.run_search(config, _WORKDIR.value)
     elif _MODE.value == "export":
       pipeline.run_export(config, _WORKDIR.value)
+    elif _MODE.value == "finetune":
+      pipeline.run_finetune(config, _WORKDIR.value)
+    elif _MODE.value == "all":
+      pipeline.run_all(config, _WORKDIR.value)
   except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: one line, non-zero exit
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

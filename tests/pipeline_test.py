@@ -38,6 +38,16 @@ def test_train_search_export(data_dir, tmp_path):
 
   again = _main(tmp_path, "export", corpus)  # an existing export is never overwritten silently
   assert again.returncode != 0 and "export targets exist" in again.stderr
+  glue_dir = f"--config.data.glue_dir={data_dir / 'glue'}"
+  finetuned = _main(tmp_path, "finetune", corpus, glue_dir, "--config.glue.models=()")
+  assert finetuned.returncode == 0, finetuned.stderr[-3000:]
+  summary = (tmp_path / "glue" / "summary.md").read_text().splitlines()
+  assert summary[0] == "| model | params | GFLOPs | rte | stsb | avg |"
+  assert summary[2].startswith("| teacher | 22.71M |") and len(summary) == 2 + 1 + len(exported)
+  result = json.loads((tmp_path / "glue" / "teacher" / "rte" / "results.json").read_text())
+  assert result["train_examples"] == 32 and 0 <= result["score_mean"] <= 1
+  assert set(result["runs"][0]["best"]["dev"]) == {"accuracy"}
+
   impossible = _main(tmp_path, "search", corpus, "--config.search.budgets=('params<=1K',)")
   assert impossible.returncode != 0 and "is met by no student: the cheapest" in impossible.stderr
   assert (tmp_path / "search" / "selected.json").read_text() == json.dumps(selected, indent=2) + "\n"

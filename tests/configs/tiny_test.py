@@ -25,4 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.search.batch_size = 8
   c.search.students_per_call = 4
   c.search.budgets = ("flops<=0.5*teacher", "params<=12M")
+  c.glue.tasks = ("rte", "stsb")
+  c.glue.seq_len = 32
+  c.glue.batch_size = 8
+  c.glue.eval_batch_size = 64
+  c.glue.epochs = 1
+  c.glue.max_train_examples = 32
+  c.glue.learning_rates = (1e-4,)
   return c

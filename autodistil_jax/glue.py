@@ -1,0 +1,144 @@
+"""GLUE: readers for the original TSV layout of all nine tasks, tokenisation, and the metrics
+exactly as GLUE defines them.
+
+The TSV quirks handled: CoLA has no header; MRPC's header starts with a byte-order mark; quoting
+is off (RTE and others have sentences starting with a quote); MNLI has dev_matched and
+dev_mismatched. A malformed row is an error naming its file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  directory: str
+  text_columns: tuple[str | int, ...]  # header names (or positions when there is no header)
+  label_column: str | int
+  labels: tuple[str, ...]  # empty: regression
+  dev_splits: tuple[str, ...] = ("dev",)
+  header: bool = True
+  metrics: tuple[str, ...] = ("accuracy",)
+
+  @property
+  def num_labels(self) -> int:
+    return len(self.labels) or 1
+
+  @property
+  def is_regression(self) -> bool:
+    return not self.labels
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("cola", "CoLA", (3,), 1, ("0", "1"), header=False, metrics=("mcc",)),
+    Task("sst2", "SST-2", ("sentence",), "label", ("0", "1")),
+    Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), metrics=("f1", "accuracy")),
+    Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", (), metrics=("pearson", "spearman")),
+    Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"),
+         metrics=("f1", "accuracy")),
+    Task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label",
+         ("contradiction", "entailment", "neutral"), dev_splits=("dev_matched", "dev_mismatched")),
+    Task("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment")),
+    Task("rte", "RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment")),
+    Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1")),
+]}
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
+
+
+def get_task(name: str) -> Task:
+  key = ALIASES.get(name.lower(), name.lower())
+  if key not in TASKS:
+    raise ValueError(f"unknown GLUE task {name!r}; choose from {sorted(TASKS)}")
+  return TASKS[key]
+
+
+@dataclasses.dataclass
+class Examples:
+  texts: list[tuple[str, ...]]
+  labels: np.ndarray  # int32 class ids, or float32 scores for regression
+
+
+def read_tsv(task: Task, glue_dir: str | os.PathLike, split: str) -> Examples:
+  """One split of a task from the original GLUE TSV files under `glue_dir`."""
+  path = Path(glue_dir) / task.directory / f"{split}.tsv"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: set config.data.glue_dir to the GLUE TSV root "
+                            f"(the folder holding {task.directory}/)")
+  with open(path, encoding="utf-8-sig", newline="") as f:  # -sig drops MRPC's byte-order mark
+    rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  if task.header:
+    header, rows, first_line = rows[0], rows[1:], 2
+    try:
+      text_idx = [header.index(c) for c in task.text_columns]
+      label_idx = header.index(task.label_column)
+    except ValueError as e:
+      raise ValueError(f"{path}:1: header {header} lacks a column {task.text_columns} / "
+                       f"{task.label_column!r}") from e
+    width = len(header)
+  else:
+    text_idx, label_idx, width, first_line = list(task.text_columns), task.label_column, None, 1
+  texts, labels = [], []
+  for n, row in enumerate(rows, start=first_line):
+    if not row:
+      continue
+    if (width is not None and len(row) < width) or len(row) <= max(*text_idx, label_idx):
+      raise ValueError(f"{path}:{n}: malformed row with {len(row)} columns (expected "
+                       f"{width or max(*text_idx, label_idx) + 1}); fix or remove the line")
+    raw = row[label_idx].strip()
+    if task.is_regression:
+      try:
+        labels.append(float(raw))
+      except ValueError as e:
+        raise ValueError(f"{path}:{n}: label {raw!r} is not a number") from e
+    else:
+      if raw not in task.labels:
+        raise ValueError(f"{path}:{n}: label {raw!r} is not one of {list(task.labels)}")
+      labels.append(task.labels.index(raw))
+    texts.append(tuple(row[i] for i in text_idx))
+  if not texts:
+    raise ValueError(f"{path} has no examples")
+  dtype = np.float32 if task.is_regression else np.int32
+  return Examples(texts, np.asarray(labels, dtype))
+
+
+def encode(examples: Examples, tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+  """Single sentences or sentence pairs -> padded ids, mask and segment ids of length seq_len."""
+  columns = list(zip(*examples.texts, strict=True))
+  second = list(columns[1]) if len(columns) > 1 else None
+  enc = tokenizer(list(columns[0]), second, truncation="longest_first" if second else True,
+                  max_length=seq_len, padding="max_length", return_tensors="np")
+  return {"input_ids": enc["input_ids"].astype(np.int32),
+          "attention_mask": enc["attention_mask"].astype(np.int32),
+          "token_type_ids": enc["token_type_ids"].astype(np.int32), "labels": examples.labels}
+
+
+def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """GLUE's metrics for `task`: predictions are class ids (or scores for STS-B)."""
+  from scipy import stats
+  from sklearn import metrics
+
+  out = {}
+  for name in task.metrics:
+    if name == "accuracy":
+      out[name] = float(metrics.accuracy_score(labels, predictions))
+    elif name == "f1":
+      out[name] = float(metrics.f1_score(labels, predictions))
+    elif name == "mcc":
+      out[name] = float(metrics.matthews_corrcoef(labels, predictions))
+    elif name == "pearson":
+      out[name] = float(stats.pearsonr(predictions, labels)[0])
+    elif name == "spearman":
+      out[name] = float(stats.spearmanr(predictions, labels)[0])
+  return out
+
+
+def main_score(task: Task, scores: dict[str, float]) -> float:
+  """The one number per task in a GLUE table (F1/accuracy and Pearson/Spearman averaged)."""
+  return float(np.mean([scores[m] for m in task.metrics]))
