@@ -48,6 +48,13 @@ def test_train_search_export(data_dir, tmp_path):
   assert result["train_examples"] == 32 and 0 <= result["score_mean"] <= 1
   assert set(result["runs"][0]["best"]["dev"]) == {"accuracy"}
 
+  # --mode=all over the finished work: every stage runs once, then a re-run skips them all.
+  first = _main(tmp_path, "all", corpus, glue_dir)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "[4/4] finetune:" in first.stdout and "all stages finished" in first.stdout
+  second = _main(tmp_path, "all", corpus, glue_dir)
+  assert second.returncode == 0 and second.stdout.count("done before, skipped") == 4, second.stdout
+
   impossible = _main(tmp_path, "search", corpus, "--config.search.budgets=('params<=1K',)")
   assert impossible.returncode != 0 and "is met by no student: the cheapest" in impossible.stderr
   assert (tmp_path / "search" / "selected.json").read_text() == json.dumps(selected, indent=2) + "\n"
