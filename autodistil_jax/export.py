@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from autodistil_jax import hf_io
+from autodistil_jax import atomic, hf_io
 from autodistil_jax.model import BertEncoder, count_params, extract_student, get_params
 from autodistil_jax.search_space import Arch, exact_flops
 
@@ -78,9 +78,7 @@ def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, 
   student = extract_student(superlm, arch)
   remote_code = student.config.qkv_width != student.config.hidden
   target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir()
+  tmp = atomic.temp_dir_for(target)
   try:
     hf_io.write_checkpoint(tmp, student.config, get_params(student))
     for name in TOKENIZER_FILES:
@@ -89,13 +87,7 @@ def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, 
     (tmp / "README.md").write_text(model_card(
         arch, student, seq_len=seq_len, teacher=teacher_name, subspace=subspace, loss=loss,
         remote_code=remote_code))
-    if target.exists():  # overwrite: swap in the new directory, then drop the old one
-      old = target.parent / f".{target.name}.old-{os.getpid()}"
-      os.replace(target, old)
-      os.replace(tmp, target)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, target)
+    atomic.replace_dir(tmp, target)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

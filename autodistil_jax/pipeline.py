@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from autodistil_jax import data, export, hf_io, parallel, search
+from autodistil_jax import atomic, data, export, hf_io, parallel, search
 from autodistil_jax.metrics import read_metrics
 from autodistil_jax.model import BertEncoder, get_params
 from autodistil_jax.search_space import Arch, Vocab, exact_flops
@@ -114,23 +113,6 @@ def _heldout_global_batches(config, tokens, heldout_idx, mesh, pad_id) -> list[d
   return [parallel.global_batch(mesh, {k: v[lo:lo + local] for k, v in b.items()}) for b in batches]
 
 
-def _atomic_dir(target: Path) -> Path:
-  tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  return tmp
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-  if target.exists():
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old)
-  else:
-    os.replace(tmp, target)
-
-
 def run_search(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, dict]:
   """Scores every student of every trained SuperLM; writes <workdir>/search/ and returns the
   selected student per budget."""
@@ -180,7 +162,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
                            s.max_latency_trials)
   if jax.process_index() == 0:
     target = workdir / "search"
-    tmp = _atomic_dir(target)
+    tmp = atomic.temp_dir_for(target)
     search.write_results_csv(tmp / "results.csv", rows)
     search.plot_pareto(tmp / "pareto.png", rows, selected, teacher_costs["flops"])
     (tmp / "selected.json").write_text(json.dumps(
@@ -190,7 +172,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
         {"teacher": {"name": config.teacher, **teacher_costs}, "timing": timing,
          "pareto_front": [r["name"] + "@" + r["subspace"] for r in search.pareto_front(rows)]},
         indent=2) + "\n")
-    _replace_dir(tmp, target)
+    atomic.replace_dir(tmp, target)
     lines = [f"search: {len(rows)} students in {sum(t['wall_s'] for t in timing.values()):.1f} s"]
     lines += [f"  {n:>6}: {t['students']} students, {t['wall_s']:.1f} s, {t['students_per_s']:.1f}/s"
               for n, t in timing.items()]
