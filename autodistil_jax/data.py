@@ -59,6 +59,11 @@ def _file_paragraphs(path: Path) -> Iterator[str]:
   except UnicodeDecodeError as e:
     raise ValueError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8 "
                      "or drop it from config.data.corpus") from e
+  yield from _text_paragraphs(text)
+
+
+def _text_paragraphs(text: str) -> Iterator[str]:
+  """Non-blank lines that are not WikiText headings, stripped."""
   for line in text.splitlines():
     line = line.strip()
     if line and not _HEADING.match(line):
@@ -74,11 +79,7 @@ def _tfds_paragraphs(name: str, split: str, data_dir: str | None, text_key: str)
       raise ValueError(f"tfds:{name} records have no feature {text_key!r} (they have "
                        f"{sorted(record)}); set config.data.text_key")
     text = record[text_key]
-    text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
-    for line in text.splitlines():
-      line = line.strip()
-      if line and not _HEADING.match(line):
-        yield line
+    yield from _text_paragraphs(text.decode("utf-8") if isinstance(text, bytes) else str(text))
 
 
 def paragraphs(spec: str, *, tfds_split: str = "train", tfds_data_dir: str | None = None,

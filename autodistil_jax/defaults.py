@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from autodistil_jax.search_space import SubSpace
+from autodistil_jax.search_space import PAPER_SUBSPACES, SubSpace
 
 
 def subspace_config(space: SubSpace) -> ml_collections.ConfigDict:
@@ -77,4 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.coordinator = ""  # host:port; empty: auto-detected on TPU pods / SLURM
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
+  return c
+
+
+def paper_config(name: str) -> ml_collections.ConfigDict:
+  """One of the paper's sub-spaces on a BERT-base teacher, in bf16 (configs/tiny, small, base)."""
+  c = base_config()
+  c.teacher = "bert-base-uncased"
+  c.subspaces = ml_collections.ConfigDict({name: subspace_config(PAPER_SUBSPACES[name])})
+  c.train.dtype = "bfloat16"
   return c

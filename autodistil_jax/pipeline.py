@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from autodistil_jax import atomic, data, export, hf_io, parallel, search
 from autodistil_jax.metrics import read_metrics
-from autodistil_jax.model import BertEncoder, get_params
+from autodistil_jax.model import BertEncoder, count_params, get_params
 from autodistil_jax.search_space import Arch, Vocab, exact_flops
 from autodistil_jax.train import DTYPES, load_superlm, subspace_from_config, train_superlm
 
@@ -152,8 +152,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
                                           vocab, tc.pooler),
                    "loss": float(loss), "tokens": tokens_evaluated})
   bar.close()
-  teacher_arch = Arch(tc.depth, tc.hidden, tc.ffn / tc.hidden, tc.heads)
-  teacher_costs = search.student_costs(teacher_arch, tc.head_size, config.data.seq_len, vocab, tc.pooler)
+  teacher_costs = search.student_costs(tc.full_arch(), tc.head_size, config.data.seq_len, vocab, tc.pooler)
   budgets = [search.parse_budget(b, teacher_costs) for b in s.budgets]
   if any(b.metric == "latency_ms" for b in budgets):
     teacher_costs["latency_ms"] = search.measure_latency_ms(teacher, s.latency_batch_size, s.latency_seq_len)
@@ -282,8 +281,9 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
       best_lr = max(by_lr, key=lambda lr: np.mean(by_lr[lr]))
       scores = by_lr[best_lr]
       result = {"model": model_name, "checkpoint": checkpoint, "task": task.name,
-                "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(get_params(encoder)))),
-                "flops": _encoder_flops(encoder, g.seq_len), "best_lr": best_lr,
+                "params": count_params(encoder),
+                "flops": exact_flops(encoder.config.full_arch(), g.seq_len, encoder.config.head_size,
+                                     encoder.config.pooler), "best_lr": best_lr,
                 "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
                 "train_examples": int(len(train["labels"])),
                 "runs": [dataclasses.asdict(r) for r in runs]}
@@ -295,11 +295,6 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
         print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
               f"(+-{100 * result['score_std']:.1f}, lr {best_lr:g})")
   return write_summary(workdir, list(models), [t.name for t in tasks])
-
-
-def _encoder_flops(encoder: BertEncoder, seq_len: int) -> int:
-  c = encoder.config
-  return exact_flops(Arch(c.depth, c.hidden, c.ffn / c.hidden, c.heads), seq_len, c.head_size, c.pooler)
 
 
 def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:

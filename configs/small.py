@@ -9,13 +9,8 @@ Paper scale: batch 128 x seq 128, 10 epochs of Wikipedia + BookCorpus; the three
 
 import ml_collections
 
-from autodistil_jax.defaults import base_config, subspace_config
-from autodistil_jax.search_space import PAPER_SUBSPACES
+from autodistil_jax.defaults import paper_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = base_config()
-  c.teacher = "bert-base-uncased"
-  c.subspaces = ml_collections.ConfigDict({"small": subspace_config(PAPER_SUBSPACES["small"])})
-  c.train.dtype = "bfloat16"
-  return c
+  return paper_config("small")
