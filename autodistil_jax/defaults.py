@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_split = "train"
   c.data.tfds_data_dir = ""
   c.data.text_key = "text"
-  c.data.glue_dir = ""  # the GLUE TSV root (CoLA/, SST-2/, ...), for --mode=finetune
+  c.data.glue_dir = ""  # GLUE TSV root (CoLA/, SST-2/, ...) or "tfds:[DATA_DIR]", for --mode=finetune
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128  # global, over all devices and hosts

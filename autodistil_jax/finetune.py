@@ -111,13 +111,13 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
   step = 0
   for _ in range(cfg.epochs):
     for batch, _ in _batches(train, cfg.batch_size, rng.permutation(len(train["labels"]))):
-      params, opt_state, _ = train_step(params, opt_state, parallel.global_batch(mesh, batch),
+      params, opt_state, _ = train_step(params, opt_state, parallel.global_batch_from_full(mesh, batch),
                                         jax.random.fold_in(base_key, step))
       step += 1
       bar.update(1)
     scores = {}
     for split, features in dev.items():
-      preds = [np.asarray(predict(params, parallel.global_batch(mesh, b)))[:n]
+      preds = [np.asarray(predict(params, parallel.global_batch_from_full(mesh, b)))[:n]
                for b, n in _batches(features, cfg.eval_batch_size, drop_last=False)]
       scores[split] = glue.compute_metrics(task, np.concatenate(preds), features["labels"])
     epochs.append(scores)

@@ -26,6 +26,7 @@ class Task:
   dev_splits: tuple[str, ...] = ("dev",)
   header: bool = True
   metrics: tuple[str, ...] = ("accuracy",)
+  tfds_text: tuple[str, ...] = ("sentence1", "sentence2")  # text features in tfds glue/<name>
 
   @property
   def num_labels(self) -> int:
@@ -37,15 +38,17 @@ class Task:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("cola", "CoLA", (3,), 1, ("0", "1"), header=False, metrics=("mcc",)),
-    Task("sst2", "SST-2", ("sentence",), "label", ("0", "1")),
+    Task("cola", "CoLA", (3,), 1, ("0", "1"), header=False, metrics=("mcc",), tfds_text=("sentence",)),
+    Task("sst2", "SST-2", ("sentence",), "label", ("0", "1"), tfds_text=("sentence",)),
     Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), metrics=("f1", "accuracy")),
     Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", (), metrics=("pearson", "spearman")),
     Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"),
-         metrics=("f1", "accuracy")),
+         metrics=("f1", "accuracy"), tfds_text=("question1", "question2")),
     Task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label",
-         ("contradiction", "entailment", "neutral"), dev_splits=("dev_matched", "dev_mismatched")),
-    Task("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment")),
+         ("contradiction", "entailment", "neutral"), dev_splits=("dev_matched", "dev_mismatched"),
+         tfds_text=("premise", "hypothesis")),
+    Task("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment"),
+         tfds_text=("question", "sentence")),
     Task("rte", "RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment")),
     Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1")),
 ]}
@@ -63,6 +66,52 @@ def get_task(name: str) -> Task:
 class Examples:
   texts: list[tuple[str, ...]]
   labels: np.ndarray  # int32 class ids, or float32 scores for regression
+
+
+TFDS_PREFIX = "tfds:"
+
+
+def read_split(task: Task, glue_dir: str | os.PathLike, split: str) -> Examples:
+  """A split from the GLUE TSV root `glue_dir`, or from tensorflow-datasets when `glue_dir` is
+  "tfds:" (optionally "tfds:DATA_DIR"): both give the same examples in the same order."""
+  if str(glue_dir).startswith(TFDS_PREFIX):
+    return read_tfds(task, split, str(glue_dir)[len(TFDS_PREFIX):] or None)
+  return read_tsv(task, glue_dir, split)
+
+
+def read_tfds(task: Task, split: str, data_dir: str | None = None) -> Examples:
+  """One split of tfds glue/<task> (prepared in the array_record format; no TensorFlow needed).
+
+  GLUE's "dev" is tfds's "validation"; records are put back in file order (tfds shuffles them
+  when preparing) and tfds class ids are mapped onto this task's label order (they differ for
+  MNLI), so the examples equal read_tsv's.
+  """
+  import tensorflow_datasets as tfds
+  import tensorflow_datasets.text.glue  # noqa: F401  (registers the glue builder)
+
+  tfds_split = "validation" + split[3:] if split.startswith("dev") else split
+  try:
+    builder = tfds.builder(f"glue/{task.name}", data_dir=data_dir)
+    source = builder.as_data_source(split=tfds_split)
+  except Exception as e:  # not prepared, or no such split: say how to get it
+    raise FileNotFoundError(f"tfds glue/{task.name} split {tfds_split!r} is not readable in "
+                            f"{data_dir or 'the default tfds data_dir'} ({e}); prepare it with "
+                            f"tfds.builder('glue/{task.name}').download_and_prepare("
+                            "file_format='array_record') or use the GLUE TSV files") from e
+  names = builder.info.features["label"].names if not task.is_regression else None
+  if names is not None:  # tfds names for the 0/1 tasks ("acceptable", ...) stand for "0"/"1"
+    ours = [str(i) if task.labels[0] == "0" else n for i, n in enumerate(names)]
+    mapping = np.asarray([task.labels.index(label) for label in ours], np.int32)
+  records = sorted(source, key=lambda r: int(r["idx"]))
+  texts = [tuple(_text(r[f]) for f in task.tfds_text) for r in records]
+  labels = [r["label"] if names is None else mapping[int(r["label"])] for r in records]
+  if not texts:
+    raise ValueError(f"tfds glue/{task.name} split {tfds_split!r} has no examples")
+  return Examples(texts, np.asarray(labels, np.float32 if task.is_regression else np.int32))
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def read_tsv(task: Task, glue_dir: str | os.PathLike, split: str) -> Examples:

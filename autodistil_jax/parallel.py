@@ -67,6 +67,14 @@ def global_batch(mesh: jax.sharding.Mesh, local: dict[str, np.ndarray]) -> dict[
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
+def global_batch_from_full(mesh: jax.sharding.Mesh, full: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """A batch every host holds whole (fixed eval batches, GLUE) -> global arrays: each host
+  contributes only its own rows, so the global batch is not multiplied by the host count."""
+  local = check_batch_size(len(next(iter(full.values()))), mesh)
+  lo = jax.process_index() * local
+  return global_batch(mesh, {k: v[lo:lo + local] for k, v in full.items()})
+
+
 def replicate(mesh: jax.sharding.Mesh, tree):
   """Puts a host-identical pytree on every device (parameters, optimizer state)."""
   return jax.device_put(tree, replicated(mesh))

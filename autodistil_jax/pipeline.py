@@ -107,10 +107,7 @@ def _heldout_global_batches(config, tokens, heldout_idx, mesh, pad_id) -> list[d
   batches = data.heldout_batches(tokens, heldout_idx, s.batch_size, pad_id)
   if s.num_batches > 0:
     batches = batches[:s.num_batches]
-  parallel.check_batch_size(s.batch_size, mesh)
-  local = s.batch_size // jax.process_count()
-  lo = jax.process_index() * local
-  return [parallel.global_batch(mesh, {k: v[lo:lo + local] for k, v in b.items()}) for b in batches]
+  return [parallel.global_batch_from_full(mesh, b) for b in batches]
 
 
 def run_search(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, dict]:
@@ -254,12 +251,13 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
   workdir = check_workdir(workdir)
   g = config.glue
   if not config.data.glue_dir:
-    raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root)")
+    raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root, "
+                     "or tfds: for tensorflow-datasets)")
   tasks = [glue.get_task(t) for t in g.tasks]
   mesh = parallel.make_mesh()
   models = finetune_models(config, workdir)
-  splits = {t.name: {"train": glue.read_tsv(t, config.data.glue_dir, "train"),
-                     **{s: glue.read_tsv(t, config.data.glue_dir, s) for s in t.dev_splits}}
+  splits = {t.name: {"train": glue.read_split(t, config.data.glue_dir, "train"),
+                     **{s: glue.read_split(t, config.data.glue_dir, s) for s in t.dev_splits}}
             for t in tasks}
   for model_name, checkpoint in models.items():
     encoder = hf_io.load_bert(checkpoint)

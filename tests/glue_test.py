@@ -71,3 +71,34 @@ def test_metrics_on_fixed_predictions():
   assert math.isclose(sts["pearson"], np.corrcoef(scores, gold)[0, 1], rel_tol=1e-9)
   assert math.isclose(sts["spearman"], 0.8)  # ranks 1,3,2,4 vs 1,2,3,4
   assert glue.main_score(glue.get_task("stsb"), sts) == (sts["pearson"] + sts["spearman"]) / 2
+
+
+@pytest.mark.parametrize("task", ["rte", "cola", "stsb"])
+def test_tfds_glue_gives_the_same_examples(data_dir, tmp_path, monkeypatch, task):
+  """tfds's own glue builder, prepared offline from the real TSV files (its download replaced by
+  a local folder), read through read_split("tfds:...") equals the TSV reader."""
+  import shutil
+
+  import tensorflow_datasets as tfds
+  import tensorflow_datasets.text.glue  # noqa: F401
+
+  t = glue.get_task(task)
+  src = tmp_path / "glue_zip" / t.directory
+  src.mkdir(parents=True)
+  for split in ("train", "dev"):
+    shutil.copy(data_dir / "glue" / t.directory / f"{split}.tsv", src)
+  test_tsv = {"rte": "index\tsentence1\tsentence2\n0\tA.\tB.\n", "cola": "index\tsentence\n0\tA.\n",
+              "stsb": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\n"
+                      "0\tg\tf\t2017\t0\ts\ts\tA.\tB.\n"}
+  (src / "test.tsv").write_text(test_tsv[task])  # unlabeled; tfds needs one row per split
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                      lambda self, url: str(tmp_path / "glue_zip"))
+  tfds.builder(f"glue/{task}", data_dir=str(tmp_path / "tfds")).download_and_prepare(
+      file_format="array_record")
+  for split in ("train", "dev"):
+    from_tsv = glue.read_split(t, data_dir / "glue", split)
+    from_tfds = glue.read_split(t, f"tfds:{tmp_path / 'tfds'}", split)
+    assert from_tfds.texts == from_tsv.texts
+    np.testing.assert_array_equal(from_tfds.labels, from_tsv.labels)
+  with pytest.raises(FileNotFoundError, match="download_and_prepare"):
+    glue.read_split(glue.get_task("wnli"), f"tfds:{tmp_path / 'tfds'}", "dev")
