@@ -1,11 +1,18 @@
 """orbax checkpoints of a training run: parameters, optimizer state, RNG, step and the grain
 iterator's state, every N steps and at the end, keeping the last K. A run restarted on the same
 directory resumes from the latest complete checkpoint by itself.
+
+orbax writes each checkpoint into a temporary directory and renames it when complete, so a
+process killed mid-write leaves only a temporary directory (removed at the next start). A
+checkpoint that is complete but unreadable (disk corruption, a truncated copy) is moved aside to
+<directory>.corrupt/ and the previous one is used; it is never deleted, and neither is the only
+good checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import grain
@@ -20,7 +27,8 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, save_every: int, keep: int):
     self.directory = Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
-                                           create=True, enable_async_checkpointing=True)
+                                           create=True, enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -35,18 +43,42 @@ class Checkpointer:
 
   def restore(self, like: dict, iterator: grain.DatasetIterator | None = None,
               step: int | None = None) -> tuple[int, dict] | None:
-    """(step, state) of the latest (or given) checkpoint, shaped and sharded like `like`;
-    the iterator is moved to where it was. None when there is no checkpoint."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
+    """(step, state) of the latest readable (or the given) checkpoint, shaped and sharded like
+    `like`; the iterator is moved to where it was. None when there is no checkpoint.
+
+    An unreadable latest checkpoint is moved aside with a warning and the one before it is tried.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    items = {"state": ocp.args.StandardRestore(abstract)}
-    if iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    logging.info("restored step %d from %s", step, self.directory)
-    return step, restored["state"]
+    failures = []
+    for candidate in steps:
+      items = {"state": ocp.args.StandardRestore(abstract)}
+      if iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+      try:
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(**items))
+      except Exception as e:  # orbax/tensorstore raise many types for unreadable files
+        failures.append(f"step {candidate}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        if step is not None:
+          break
+        logging.warning("checkpoint at step %d in %s is unreadable (%s); moved aside, trying the "
+                        "previous one", candidate, self.directory, failures[-1])
+        self._move_aside(candidate)
+        continue
+      logging.info("restored step %d from %s", candidate, self.directory)
+      return candidate, restored["state"]
+    if failures:
+      raise ValueError(f"no readable checkpoint in {self.directory} ({'; '.join(failures)}); the "
+                       f"unreadable ones are in {self.directory}.corrupt/. Restore a good copy, or "
+                       "use a new --workdir to start over")
+    return None
+
+  def _move_aside(self, step: int) -> None:
+    """Keeps an unreadable checkpoint for inspection where orbax neither reads nor deletes it."""
+    aside = Path(f"{self.directory}.corrupt")
+    aside.mkdir(exist_ok=True)
+    os.replace(self.directory / str(step), aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

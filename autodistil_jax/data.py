@@ -166,19 +166,28 @@ def corpus_fingerprint(spec: str, tokenizer_dir: str, seq_len: int, pack: bool, 
 
 def load_corpus(spec: str, tokenizer_dir: str | os.PathLike, seq_len: int, *, pack: bool = True,
                 cache_dir: str | os.PathLike | None = None, tfds_split: str = "train",
-                tfds_data_dir: str | None = None, text_key: str = "text") -> np.ndarray:
-  """Token ids of the whole corpus, cached as .npy in `cache_dir` (tokenised once per corpus)."""
+                tfds_data_dir: str | None = None, text_key: str = "text",
+                min_sequences: tuple[int, str] = (1, "one sequence")) -> np.ndarray:
+  """Token ids of the whole corpus, cached as .npy in `cache_dir` (tokenised once per corpus).
+
+  A corpus of fewer than `min_sequences` = (count, what needs them) sequences is an error, raised
+  before anything is cached.
+  """
   tfds_args = dict(tfds_split=tfds_split, tfds_data_dir=tfds_data_dir, text_key=text_key)
   cache = None
   if cache_dir is not None:
     key = corpus_fingerprint(spec, str(tokenizer_dir), seq_len, pack, **tfds_args)
     cache = Path(cache_dir) / f"corpus_{key}.npy"
-    if cache.is_file():
-      return np.load(cache, mmap_mode="r")
-  tokenizer = load_tokenizer(tokenizer_dir)
-  tokens = tokenize(paragraphs(spec, **tfds_args), tokenizer, seq_len, pack)
-  logging.info("tokenised %s: %d sequences of %d", spec, len(tokens), seq_len)
-  if cache is not None:
+  fresh = cache is None or not cache.is_file()
+  if fresh:
+    tokens = tokenize(paragraphs(spec, **tfds_args), load_tokenizer(tokenizer_dir), seq_len, pack)
+    logging.info("tokenised %s: %d sequences of %d", spec, len(tokens), seq_len)
+  else:
+    tokens = np.load(cache, mmap_mode="r")
+  if len(tokens) < min_sequences[0]:
+    raise ValueError(f"corpus {spec!r} gives {len(tokens)} sequences of {seq_len} tokens, fewer than "
+                     f"the {min_sequences[0]} needed ({min_sequences[1]}): add text or lower those")
+  if fresh and cache is not None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, tokens)

@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
+  c.train.max_nonfinite_steps = 10  # skipped non-finite steps in a row that stop the run (0: never)
 
   c.search = ml_collections.ConfigDict()
   c.search.batch_size = 32  # held-out sequences per evaluator call

@@ -12,7 +12,7 @@ import jax
 class MetricsWriter:
   """Appends one JSON object per logged step and mirrors the scalars to TensorBoard."""
 
-  def __init__(self, workdir: str | os.PathLike, run: str):
+  def __init__(self, workdir: str | os.PathLike, run: str, resume_step: int | None = None):
     self.active = jax.process_index() == 0
     self.run = run
     if not self.active:
@@ -21,6 +21,8 @@ class MetricsWriter:
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if resume_step is not None:
+      _drop_records_after(workdir / "metrics.jsonl", run, resume_step)
     self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
     self._tb = SummaryWriter(str(workdir / "tensorboard" / run))
 
@@ -30,7 +32,8 @@ class MetricsWriter:
     self._jsonl.write(json.dumps({"run": self.run, "step": step, **scalars}) + "\n")
     self._jsonl.flush()
     for k, v in scalars.items():
-      self._tb.add_scalar(k, v, step)
+      if isinstance(v, int | float):  # lists (e.g. non-finite students) stay in metrics.jsonl
+        self._tb.add_scalar(k, v, step)
     self._tb.flush()
 
   def close(self) -> None:
@@ -46,3 +49,24 @@ def read_metrics(workdir: str | os.PathLike, run: str | None = None) -> list[dic
     return []
   records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
   return [r for r in records if run is None or r["run"] == run]
+
+
+def _drop_records_after(path: Path, run: str, step: int) -> None:
+  """A run resumed from a checkpoint at `step` re-logs the steps after it: drop the old copies
+  (written before a crash) so each step appears once. Rewritten atomically."""
+  if not path.is_file():
+    return
+  lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+  kept = [line for line in lines if line.strip() and _keep(line, run, step)]
+  if len(kept) != len(lines):
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _keep(line: str, run: str, step: int) -> bool:
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError:  # a line cut short by a kill
+    return False
+  return record.get("run") != run or record.get("step", 0) <= step

@@ -48,21 +48,37 @@ def load_split_corpus(config: ml_collections.ConfigDict,
     raise ValueError("config.data.corpus is not set: pass --config.data.corpus=PATH_OR_GLOB (or tfds:NAME)")
   tokens = data.load_corpus(d.corpus, hf_io.resolve_checkpoint(config.teacher), d.seq_len, pack=d.pack,
                             cache_dir=workdir / "data_cache", tfds_split=d.tfds_split,
-                            tfds_data_dir=d.tfds_data_dir or None, text_key=d.text_key)
+                            tfds_data_dir=d.tfds_data_dir or None, text_key=d.text_key,
+                            min_sequences=(d.heldout + config.train.batch_size,
+                                           "config.data.heldout + config.train.batch_size"))
   train_idx, heldout_idx = data.split_heldout(len(tokens), d.heldout, config.seed)
   return tokens, train_idx, heldout_idx
 
 
 def check_workdir(workdir: str | os.PathLike) -> Path:
-  path = Path(workdir).expanduser()
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".write_probe_{os.getpid()}"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise ValueError(f"workdir {str(path)!r} cannot be written ({e.strerror}); "
-                     "choose another --workdir") from e
+  """The workdir as a Path, after checking it can be written. A workdir that does not exist yet
+  is not created here: each stage creates what it writes, so a command that fails its checks
+  leaves nothing behind."""
+  path = Path(workdir).expanduser().absolute()
+  problem = None
+  if path.exists():
+    if not path.is_dir():
+      problem = "it is a file"
+    else:
+      try:
+        probe = path / f".write_probe_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+      except OSError as e:
+        problem = e.strerror
+  else:
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+      problem = f"{parent} is a file"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+      problem = f"{parent} is not writable"
+  if problem:
+    raise ValueError(f"workdir {str(path)!r} cannot be written ({problem}); choose another --workdir")
   return path
 
 

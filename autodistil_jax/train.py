@@ -9,6 +9,8 @@ architectures enter as traced int32 values, so the whole run compiles one progra
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
@@ -25,7 +28,7 @@ from autodistil_jax import data, distill, parallel
 from autodistil_jax.checkpoints import Checkpointer
 from autodistil_jax.metrics import MetricsWriter
 from autodistil_jax.model import BertEncoder, get_params, init_superlm
-from autodistil_jax.search_space import SubSpace, sandwich_sample
+from autodistil_jax.search_space import Arch, SubSpace, sandwich_sample
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _DECAYED = ("kernel", "word", "position", "token_type")  # no decay on biases and LayerNorm
@@ -100,6 +103,12 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
     return distill.distill_loss(teacher_logits, out, arch[3] * sc.head_size,
                                 batch["attention_mask"], sc.loss)
 
+  def nonfinite(loss, grads):
+    """1 where a student's loss or any of its gradients is NaN/inf, else 0."""
+    leaves_finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(leaves_finite))
+    return 1 - finite.astype(jnp.int32)
+
   def micro_batch(params, teacher_params, batch, archs, rng):
     teacher = nnx.merge(teacher_graphdef, teacher_params)
     t_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dtype=dtype)
@@ -109,17 +118,18 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
     if sc.student_batching == "vmap":
       losses, grads = jax.vmap(grad_fn, in_axes=(None, 0, 0, None, None))(
           params, archs, keys, batch, t_logits)
-      return losses, jax.tree.map(lambda g: g.sum(0), grads)
+      bad = jax.vmap(nonfinite)(losses, grads)
+      return losses, jax.tree.map(lambda g: g.sum(0), grads), bad
 
     def one_student(acc, xs):
       loss, grads = grad_fn(params, xs[0], xs[1], batch, t_logits)
-      return jax.tree.map(jnp.add, acc, grads), loss
-    grads, losses = jax.lax.scan(one_student, jax.tree.map(jnp.zeros_like, params), (archs, keys))
-    return losses, grads
+      return jax.tree.map(jnp.add, acc, grads), (loss, nonfinite(loss, grads))
+    grads, (losses, bad) = jax.lax.scan(one_student, jax.tree.map(jnp.zeros_like, params), (archs, keys))
+    return losses, grads, bad
 
   def step(params, opt_state, teacher_params, batch, archs, rng):
     if sc.grad_accum == 1:
-      losses, grads = micro_batch(params, teacher_params, batch, archs, rng)
+      losses, grads, bad = micro_batch(params, teacher_params, batch, archs, rng)
     else:
       micro = jax.tree.map(lambda x: x.reshape(sc.grad_accum, -1, *x.shape[1:]), batch)
 
@@ -127,14 +137,19 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
         mb, key = xs
         out = micro_batch(params, teacher_params, mb, archs, key)
         return jax.tree.map(jnp.add, acc, out), None
-      zeros = (jnp.zeros(archs.shape[0]), jax.tree.map(jnp.zeros_like, params))
-      (losses, grads), _ = jax.lax.scan(accumulate, zeros,
-                                        (micro, jax.random.split(rng, sc.grad_accum)))
+      zeros = (jnp.zeros(archs.shape[0]), jax.tree.map(jnp.zeros_like, params),
+               jnp.zeros(archs.shape[0], jnp.int32))
+      (losses, grads, bad), _ = jax.lax.scan(accumulate, zeros,
+                                             (micro, jax.random.split(rng, sc.grad_accum)))
       losses, grads = jax.tree.map(lambda x: x / sc.grad_accum, (losses, grads))
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, {"losses": losses, "grad_norm": grad_norm}
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    # A non-finite loss or gradient of any student skips the whole update (params and moments).
+    ok = jnp.all(bad == 0) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(ok, new, old)
+    params, opt_state = jax.tree.map(keep, (new_params, new_opt_state), (params, opt_state))
+    return params, opt_state, {"losses": losses, "grad_norm": grad_norm, "nonfinite": bad}
 
   return step
 
@@ -180,13 +195,86 @@ def load_superlm(config: ml_collections.ConfigDict, workdir: str | Path, name: s
   return nnx.merge(graphdef, state["params"]), step
 
 
+class Preempted(Exception):
+  """SIGTERM arrived (how TPU VMs announce preemption): a checkpoint was saved at `step`."""
+
+  def __init__(self, step: int, directory: Path):
+    super().__init__(f"preempted (SIGTERM) at step {step}: checkpoint saved in {directory}; run the "
+                     "same command again to resume")
+    self.step = step
+
+
+class Diverged(ValueError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class _PreemptionWatch:
+  """Turns SIGTERM into a flag the loop checks between steps (single process). Multi-host jobs
+  use JAX's preemption sync point instead, so that every host stops at the same step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # no preemption service in this job
+        return False
+    return self.requested
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class _NonFiniteGuard:
+  """Counts steps whose update was skipped for a non-finite loss or gradient, with the students
+  that caused them, and stops the run after `limit` such steps in a row (0: never)."""
+
+  def __init__(self, limit: int, name: str):
+    self.limit, self.name = limit, name
+    self.streak, self.steps, self.archs = 0, 0, []
+
+  def update(self, step: int, archs: np.ndarray, bad: np.ndarray) -> None:
+    if not bad.any():
+      self.streak = 0
+      return
+    self.streak += 1
+    self.steps += 1
+    names = [Arch(int(a[0]), int(a[1]), a[2] / a[1], int(a[3])).name for a in archs[bad > 0]]
+    self.archs.extend(f"{step}:{n}" for n in names)
+    logging.warning("%s step %d: non-finite loss or gradient for %s; update skipped", self.name, step,
+                    ", ".join(names))
+    if self.limit and self.streak >= self.limit:
+      raise Diverged(f"sub-space {self.name!r}: {self.streak} steps in a row with a non-finite loss or "
+                     f"gradient (last at step {step}, students {', '.join(names)}); lower "
+                     "config.train.learning_rate or raise config.train.max_nonfinite_steps")
+
+  def flush(self) -> dict:
+    out = {"nonfinite_steps": self.steps, "nonfinite_archs": self.archs}
+    self.steps, self.archs = 0, []
+    return out
+
+
 def train_superlm(config: ml_collections.ConfigDict, workdir: Path, name: str, teacher: BertEncoder,
                   tokens: np.ndarray, train_indices: np.ndarray, mesh: jax.sharding.Mesh,
                   stop_after: int | None = None) -> dict:
   """Trains (or resumes) the SuperLM of sub-space `name`; returns its parameters.
 
   Checkpoints go to <workdir>/superlm/<name>/; `stop_after` ends the run early after that step
-  (as a preemption would), leaving the last checkpoint to resume from.
+  (as a preemption would), leaving the last checkpoint to resume from. SIGTERM saves a
+  checkpoint and raises Preempted; too many non-finite steps in a row raise Diverged.
   """
   t = config.train
   space = subspace_from_config(name, config.subspaces[name])
@@ -204,39 +292,54 @@ def train_superlm(config: ml_collections.ConfigDict, workdir: Path, name: str, t
     state = restored[1]
   step_fn = jit_train_step(make_train_step(graphdef, nnx.graphdef(teacher), optimizer, sc), mesh)
   schedule = learning_rate_schedule(t)
-  writer = MetricsWriter(workdir, f"superlm/{name}")
+  writer = MetricsWriter(workdir, f"superlm/{name}", resume_step=start)
   base_key = jax.random.wrap_key_data(state["rng"])
   end = t.num_steps if stop_after is None else min(stop_after, t.num_steps)
   tokens_per_step = t.batch_size * tokens.shape[1]
   bar = tqdm(total=t.num_steps, initial=start, desc=f"train {name}", unit="step",
              disable=jax.process_index() != 0, dynamic_ncols=True)
   params, opt_state = state["params"], state["opt_state"]
-  last_log, last_time, interval_sum = start, None, None
-  for step in range(start, end):
-    archs = sandwich_archs(space, config.seed, step, t.num_random)
-    batch = parallel.global_batch(mesh, next(iterator))
-    rng = jax.random.fold_in(base_key, step)
-    params, opt_state, metrics = step_fn(params, opt_state, teacher_params, batch, archs, rng)
-    done = step + 1
-    # Summed on device so that the loop never waits for the step to finish.
-    interval_sum = metrics if interval_sum is None else jax.tree.map(jnp.add, interval_sum, metrics)
-    if done % t.log_every == 0 or done == end:
-      fetched = {k: np.asarray(v) / (done - last_log) for k, v in jax.device_get(interval_sum).items()}
-      interval_sum = None
-      now = time.perf_counter()
-      scalars = _loss_scalars(fetched["losses"])
-      scalars.update({"grad_norm": float(fetched["grad_norm"]), "learning_rate": float(schedule(step))})
-      if last_time is not None:
-        steps_per_s = (done - last_log) / (now - last_time)
-        scalars.update({"steps_per_s": steps_per_s, "tokens_per_s": steps_per_s * tokens_per_step})
-      writer.write(done, scalars)
-      bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in scalars.items() if k.startswith("loss")})
-      last_log, last_time = done, now
-    bar.update(1)
-    ckpt.save(done, {"params": params, "opt_state": opt_state, "rng": state["rng"]}, iterator,
-              force=done == end)
-  bar.close()
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
+  guard = _NonFiniteGuard(t.max_nonfinite_steps, name)
+  last_log, last_time, interval_sum, pending = start, None, None, None
+  save = lambda step, force: ckpt.save(step, {"params": params, "opt_state": opt_state, "rng": state["rng"]},
+                                       iterator, force=force)
+  try:
+    with _PreemptionWatch() as preemption:
+      for step in range(start, end):
+        archs = sandwich_archs(space, config.seed, step, t.num_random)
+        batch = parallel.global_batch(mesh, next(iterator))
+        rng = jax.random.fold_in(base_key, step)
+        params, opt_state, metrics = step_fn(params, opt_state, teacher_params, batch, archs, rng)
+        done = step + 1
+        # The previous step's few flags are read while this one runs: one step behind, no stall.
+        if pending is not None:
+          guard.update(pending[0], pending[1], np.asarray(pending[2]))
+        pending = (done, archs, metrics["nonfinite"])
+        # Summed on device so that the loop never waits for the step to finish.
+        interval_sum = metrics if interval_sum is None else jax.tree.map(jnp.add, interval_sum, metrics)
+        if done % t.log_every == 0 or done == end:
+          guard.update(*pending[:2], np.asarray(pending[2]))
+          pending = None
+          fetched = {k: np.asarray(v) / (done - last_log) for k, v in jax.device_get(interval_sum).items()}
+          interval_sum = None
+          now = time.perf_counter()
+          scalars = _loss_scalars(fetched["losses"])
+          scalars.update({"grad_norm": float(fetched["grad_norm"]), "learning_rate": float(schedule(step))})
+          if last_time is not None:
+            steps_per_s = (done - last_log) / (now - last_time)
+            scalars.update({"steps_per_s": steps_per_s, "tokens_per_s": steps_per_s * tokens_per_step})
+          writer.write(done, {**scalars, **guard.flush()})
+          bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in scalars.items() if k.startswith("loss")})
+          last_log, last_time = done, now
+        bar.update(1)
+        if done < end and preemption.should_stop(done):
+          save(done, True)
+          ckpt.wait()
+          raise Preempted(done, ckpt.directory)
+        save(done, done == end)
+  finally:
+    bar.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
   return params

@@ -23,6 +23,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # libraries log a lot at INFO; progress bars say enough
     logging.set_verbosity(logging.WARNING)
   from autodistil_jax import pipeline  # after flag parsing: jax picks up XLA flags from the env
+  from autodistil_jax.train import Preempted
 
   config = _CONFIG.value
   pipeline.setup_distributed(config)
@@ -38,8 +39,11 @@ def main(argv):
       pipeline.run_finetune(config, _WORKDIR.value)
     elif _MODE.value == "all":
       pipeline.run_all(config, _WORKDIR.value)
+  except Preempted as e:  # SIGTERM: the checkpoint is saved; exit as a SIGTERM'd process would
+    print(str(e), file=sys.stderr)
+    sys.exit(143)
   except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: one line, non-zero exit
-    print(f"error: {e}", file=sys.stderr)
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
     sys.exit(2)
 
 
