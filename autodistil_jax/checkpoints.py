@@ -12,6 +12,7 @@ good checkpoint.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class Checkpointer:
         failures.append(f"step {candidate}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         if step is not None:
           break
+        _silence_orphaned_reads()
         logging.warning("checkpoint at step %d in %s is unreadable (%s); moved aside, trying the "
                         "previous one", candidate, self.directory, failures[-1])
         self._move_aside(candidate)
@@ -68,6 +70,7 @@ class Checkpointer:
       logging.info("restored step %d from %s", candidate, self.directory)
       return candidate, restored["state"]
     if failures:
+      _silence_orphaned_reads()
       raise ValueError(f"no readable checkpoint in {self.directory} ({'; '.join(failures)}); the "
                        f"unreadable ones are in {self.directory}.corrupt/. Restore a good copy, or "
                        "use a new --workdir to start over")
@@ -85,3 +88,20 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _silence_orphaned_reads() -> None:
+  """After a failed restore, orbax's cancelled reads still complete later on their closed event
+  loop, each printing 'Exception ignored ... Event loop is closed'. Those (and only those) are
+  dropped: the failure itself was already reported."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_autodistil", False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+  hook._autodistil = True
+  sys.unraisablehook = hook

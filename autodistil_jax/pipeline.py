@@ -350,6 +350,8 @@ def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
 
 
 STAGES = ("train", "search", "export", "finetune")
+# What a user got wrong (config, paths, inputs): launch/main.py prints these as one line and exits 2.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
@@ -357,7 +359,6 @@ def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Pa
   skipped when the command is run again; an interrupted one resumes (training from its last
   checkpoint, fine-tuning from the last finished model/task)."""
   workdir = check_workdir(workdir)
-  runners = {"train": run_train, "search": run_search, "export": run_export, "finetune": run_finetune}
   start = time.perf_counter()
   result = None
   for i, stage in enumerate(STAGES, 1):
@@ -369,7 +370,7 @@ def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Pa
     t0 = time.perf_counter()
     if stage == "export":  # re-exporting after an interrupted export replaces partial results
       config.export.overwrite = True
-    result = runners[stage](config, workdir)
+    result = MODES[stage](config, workdir)
     if jax.process_index() == 0:
       marker.parent.mkdir(parents=True, exist_ok=True)
       marker.write_text(f"{time.perf_counter() - t0:.1f} s\n")
@@ -377,3 +378,7 @@ def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Pa
   print(f"all stages finished in {time.perf_counter() - start:.1f} s; GLUE table: "
         f"{workdir / 'glue' / 'summary.md'}")
   return workdir / "glue" / "summary.md" if result is None else result
+
+
+MODES = {"train": run_train, "search": run_search, "export": run_export, "finetune": run_finetune,
+         "all": run_all}

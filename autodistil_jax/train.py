@@ -245,6 +245,7 @@ class _NonFiniteGuard:
   def __init__(self, limit: int, name: str):
     self.limit, self.name = limit, name
     self.streak, self.steps, self.archs = 0, 0, []
+    self.diverged: str | None = None
 
   def update(self, step: int, archs: np.ndarray, bad: np.ndarray) -> None:
     if not bad.any():
@@ -257,9 +258,9 @@ class _NonFiniteGuard:
     logging.warning("%s step %d: non-finite loss or gradient for %s; update skipped", self.name, step,
                     ", ".join(names))
     if self.limit and self.streak >= self.limit:
-      raise Diverged(f"sub-space {self.name!r}: {self.streak} steps in a row with a non-finite loss or "
-                     f"gradient (last at step {step}, students {', '.join(names)}); lower "
-                     "config.train.learning_rate or raise config.train.max_nonfinite_steps")
+      self.diverged = (f"sub-space {self.name!r}: {self.streak} steps in a row with a non-finite loss "
+                       f"or gradient (last at step {step}, students {', '.join(names)}); lower "
+                       "config.train.learning_rate or raise config.train.max_nonfinite_steps")
 
   def flush(self) -> dict:
     out = {"nonfinite_steps": self.steps, "nonfinite_archs": self.archs}
@@ -332,6 +333,10 @@ def train_superlm(config: ml_collections.ConfigDict, workdir: Path, name: str, t
           bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in scalars.items() if k.startswith("loss")})
           last_log, last_time = done, now
         bar.update(1)
+        if guard.diverged:
+          if guard.steps:  # not yet in metrics.jsonl
+            writer.write(done, guard.flush())
+          raise Diverged(guard.diverged)
         if done < end and preemption.should_stop(done):
           save(done, True)
           ckpt.wait()

@@ -29,20 +29,11 @@ def main(argv):
   pipeline.setup_distributed(config)
   logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
   try:
-    if _MODE.value == "train":
-      pipeline.run_train(config, _WORKDIR.value)
-    elif _MODE.value == "search":
-      pipeline.run_search(config, _WORKDIR.value)
-    elif _MODE.value == "export":
-      pipeline.run_export(config, _WORKDIR.value)
-    elif _MODE.value == "finetune":
-      pipeline.run_finetune(config, _WORKDIR.value)
-    elif _MODE.value == "all":
-      pipeline.run_all(config, _WORKDIR.value)
+    pipeline.MODES[_MODE.value](config, _WORKDIR.value)
   except Preempted as e:  # SIGTERM: the checkpoint is saved; exit as a SIGTERM'd process would
     print(str(e), file=sys.stderr)
     sys.exit(143)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: one line, non-zero exit
+  except pipeline.USER_ERRORS as e:  # what the user must fix: one line, non-zero exit
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     sys.exit(2)
 
