@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.dtype = "float32"  # matmul compute dtype; "bfloat16" on accelerators
   c.train.grad_accum = 1
   c.train.student_batching = "scan"  # "vmap" runs the sandwich students side by side
+  c.train.unroll = False  # unroll the layer and student loops (bigger program; can be faster)
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3

@@ -269,11 +269,10 @@ class BertEncoder(nnx.Module):
       gathered = jax.tree.map(lambda w: jnp.take(w, positions, axis=0), stacked)
 
       def masked_step(carry, xs):
-        h, qkv = carry
         p, active, rng = xs
-        new_h, new_qkv = layer(h, p, rng)
-        keep = lambda new, old: jnp.where(active, new, old)  # layers past L leave h as it is
-        return (keep(new_h, h), jax.tree.map(keep, new_qkv, qkv)), None
+        # Layers past L leave the carry as it is, and are not computed (under vmap over archs
+        # the cond becomes a select: both sides run, as masking would).
+        return jax.lax.cond(active, lambda c: layer(c[0], p, rng), lambda c: c, carry), None
       (h, qkv), _ = jax.lax.scan(masked_step, (h, (zeros,) * 3),
                                  (gathered, steps < arch[0], layer_rngs), unroll=unroll)
 

@@ -75,6 +75,7 @@ class StepConfig:
   dtype: str = "float32"
   grad_accum: int = 1
   student_batching: str = "scan"  # "scan": one student at a time; "vmap": all at once
+  unroll: bool = False  # unroll the loops over layers and students (bigger program)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, teacher: BertEncoder) -> StepConfig:
@@ -88,7 +89,7 @@ class StepConfig:
     if t.grad_accum < 1 or t.batch_size % t.grad_accum:
       raise ValueError(f"config.train.grad_accum={t.grad_accum} must be >= 1 and divide batch_size")
     return cls(teacher.config.head_size, teacher.config.heads, t.loss, t.dropout, t.dtype,
-               t.grad_accum, t.student_batching)
+               t.grad_accum, t.student_batching, t.unroll)
 
 
 def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphDef,
@@ -99,7 +100,7 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
   def student_loss(params, arch, rng, batch, teacher_logits):
     out = nnx.merge(student_graphdef, params)(
         batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch,
-        dropout_rate=sc.dropout, dropout_rng=rng, dtype=dtype)
+        dropout_rate=sc.dropout, dropout_rng=rng, dtype=dtype, unroll=sc.unroll)
     return distill.distill_loss(teacher_logits, out, arch[3] * sc.head_size,
                                 batch["attention_mask"], sc.loss)
 
@@ -111,7 +112,8 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
 
   def micro_batch(params, teacher_params, batch, archs, rng):
     teacher = nnx.merge(teacher_graphdef, teacher_params)
-    t_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dtype=dtype)
+    t_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dtype=dtype,
+                    unroll=sc.unroll)
     t_logits = jax.lax.stop_gradient(distill.teacher_relations(t_out, sc.relation_heads))
     keys = jax.random.split(rng, archs.shape[0])
     grad_fn = jax.value_and_grad(student_loss)
@@ -124,7 +126,8 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
     def one_student(acc, xs):
       loss, grads = grad_fn(params, xs[0], xs[1], batch, t_logits)
       return jax.tree.map(jnp.add, acc, grads), (loss, nonfinite(loss, grads))
-    grads, (losses, bad) = jax.lax.scan(one_student, jax.tree.map(jnp.zeros_like, params), (archs, keys))
+    grads, (losses, bad) = jax.lax.scan(one_student, jax.tree.map(jnp.zeros_like, params), (archs, keys),
+                                        unroll=sc.unroll)
     return losses, grads, bad
 
   def step(params, opt_state, teacher_params, batch, archs, rng):

@@ -1,0 +1,130 @@
+"""What the benchmarks share: teachers and sub-spaces by size, batches, the static-shape baseline
+step, interleaved timing and exact FLOP counts."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from autodistil_jax import data, distill, hf_io
+from autodistil_jax.defaults import base_config
+from autodistil_jax.model import BertEncoder, EncoderConfig, slice_params
+from autodistil_jax.search_space import PAPER_SUBSPACES, Arch, SubSpace, derive_subspace, exact_flops, layer_map
+from autodistil_jax.train import DTYPES, StepConfig
+
+
+def teacher_and_subspaces(size: str) -> tuple[BertEncoder, dict[str, SubSpace]]:
+  """'demo': the real all-MiniLM-L6-v2 and the paper's fractions of it (configs/demo.py);
+  'paper': a BERT-base-shaped teacher (random weights: speed does not depend on them) and the
+  paper's own sub-spaces."""
+  if size == "demo":
+    teacher = hf_io.load_bert("all-MiniLM-L6-v2")
+    shape = teacher.config.teacher_shape
+    return teacher, {n: derive_subspace(s, shape) for n, s in PAPER_SUBSPACES.items()}
+  if size == "paper":
+    return BertEncoder(EncoderConfig(), rngs=nnx.Rngs(0)), dict(PAPER_SUBSPACES)
+  raise ValueError(f"--size={size!r}: 'demo' or 'paper'")
+
+
+def make_batch(batch_size: int, seq_len: int, vocab: int, corpus: str = "", tokenizer_dir=None,
+               seed: int = 0) -> dict[str, jax.Array]:
+  """Real token ids from `corpus` when given (first rows), else random ids, all unpadded."""
+  if corpus:
+    tokens = data.load_corpus(corpus, tokenizer_dir, seq_len)[:batch_size]
+    if len(tokens) < batch_size:
+      raise ValueError(f"{corpus} gives {len(tokens)} sequences, fewer than --batch={batch_size}")
+  else:
+    tokens = np.random.default_rng(seed).integers(1000, vocab, (batch_size, seq_len), np.int32)
+  return {k: jnp.asarray(v) for k, v in data.batch_features(tokens).items()}
+
+
+def step_config(teacher: BertEncoder, dtype: str, **overrides) -> StepConfig:
+  config = base_config()
+  config.train.dtype = dtype
+  config.train.update(overrides)
+  return StepConfig.from_config(config, teacher)
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+  config = base_config().train
+  config.update(overrides)
+  return config
+
+
+def dense_graphdef(cfg: EncoderConfig) -> nnx.GraphDef:
+  return nnx.graphdef(nnx.eval_shape(lambda: BertEncoder(cfg, rngs=nnx.Rngs(0))))
+
+
+def make_static_step(superlm: BertEncoder, teacher: BertEncoder, archs: Sequence[Arch], optimizer,
+                     sc: StepConfig) -> Callable:
+  """The sandwich step with the students fixed at trace time: each is sliced out of the SuperLM's
+  parameters with static shapes and runs dense (no masks, only its own layers). What a
+  recompile-per-sandwich implementation would run if compiling were free: the baseline for the
+  masking overhead."""
+  dtype = DTYPES[sc.dtype]
+  cfg, t_graphdef = superlm.config, nnx.graphdef(teacher)
+  lookup = cfg.layer_lookup()
+  students = []
+  for arch in archs:
+    student_cfg = cfg.for_student(arch)
+    positions = [int(lookup[layer_map(i, arch.layers, cfg.depth)]) for i in range(arch.layers)]
+    students.append((arch, student_cfg, positions, dense_graphdef(student_cfg)))
+
+  def step(params, opt_state, teacher_params, batch, rng):
+    t_out = nnx.merge(t_graphdef, teacher_params)(batch["input_ids"], batch["attention_mask"],
+                                                  batch["token_type_ids"], dtype=dtype)
+    t_logits = jax.lax.stop_gradient(distill.teacher_relations(t_out, sc.relation_heads))
+
+    def total_loss(params):
+      losses = []
+      for (arch, student_cfg, positions, graphdef), key in zip(students, jax.random.split(rng, len(students)),
+                                                               strict=True):
+        sliced = slice_params(params, student_cfg, positions)
+        out = nnx.merge(graphdef, sliced)(batch["input_ids"], batch["attention_mask"],
+                                          batch["token_type_ids"], dropout_rate=sc.dropout,
+                                          dropout_rng=key, dtype=dtype)
+        losses.append(distill.distill_loss(t_logits, out, arch.heads * sc.head_size,
+                                           batch["attention_mask"], sc.loss))
+      return sum(losses)
+
+    grads = jax.grad(total_loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return jax.tree.map(jnp.add, params, updates), opt_state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def useful_step_flops(teacher: BertEncoder, archs: Sequence[Arch], batch: int, seq_len: int) -> float:
+  """Exact FLOPs the sandwich step must do: the teacher's forward and each student's forward and
+  backward (3x its forward), without poolers (unused by the loss)."""
+  tc = teacher.config
+  teacher_fwd = exact_flops(tc.full_arch(), seq_len, tc.head_size, pooler=False)
+  students = sum(exact_flops(a, seq_len, tc.head_size, pooler=False) for a in archs)
+  return batch * (teacher_fwd + 3 * students)
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
+  """Median seconds per call of each function, measured in alternating rounds so that machine
+  noise hits all of them alike. Each fn must block until its work is done."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  samples = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      samples[name].append(time.perf_counter() - start)
+  return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def device_description() -> str:
+  d = jax.devices()[0]
+  return f"{jax.device_count()} x {d.device_kind} ({d.platform}), jax {jax.__version__}"

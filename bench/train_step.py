@@ -1,0 +1,122 @@
+"""SuperLM training step: the masked step (teacher + 4 sandwich students, one program for every
+student) against the same 4 students compiled as separate static dense models, and against the
+largest student alone. Prints tokens/s, the masking overhead ratio and the useful-FLOPs fraction.
+
+  python bench/train_step.py --size=demo --batch=16 --seq_len=128            # CPU, ~3 min
+  python bench/train_step.py --size=paper --dtype=bfloat16 --batch=128 --mfu  # GPU
+
+Targets per sub-space: overhead <= 1.25x, useful fraction >= 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+from common import (device_description, interleaved_times, make_batch, make_static_step, step_config,
+                    teacher_and_subspaces, train_config, useful_step_flops)
+from flax import nnx
+
+from autodistil_jax import parallel, train
+from autodistil_jax.model import get_params, init_superlm
+from autodistil_jax.search_space import sandwich_sample
+
+# Dense bf16 peak of the accelerators we report MFU against (FLOP/s, no sparsity).
+PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12}
+
+
+def block(tree):
+  return jax.block_until_ready(tree)
+
+
+def bench_subspace(name, teacher, space, args) -> dict:
+  superlm = init_superlm(teacher, space)
+  archs = sandwich_sample(space, seed=0, step=0)
+  mesh = parallel.make_mesh()
+  sc = step_config(teacher, args.dtype, student_batching=args.student_batching)
+  optimizer = train.make_optimizer(train_config(num_steps=1000))
+  batch = parallel.global_batch(mesh, {k: jax.device_get(v) for k, v in make_batch(
+      args.batch, args.seq_len, teacher.config.vocab_size, args.corpus).items()})
+  teacher_params = parallel.replicate(mesh, get_params(teacher))
+  arch_table = train.sandwich_archs(space, 0, 0, 2)
+  key = jax.random.key(0)
+
+  masked = train.jit_train_step(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher),
+                                                      optimizer, sc), mesh)
+  statics = {"static4": make_static_step(superlm, teacher, archs, optimizer, sc),
+             "largest": make_static_step(superlm, teacher, archs[:1], optimizer, sc)}
+  state = {}
+  for k in ("masked", *statics):  # each its own copy: the steps donate their buffers
+    p = parallel.replicate(mesh, jax.tree.map(jnp.copy, get_params(superlm)))
+    state[k] = [p, optimizer.init(p)]
+
+  def run_masked():
+    s = state["masked"]
+    s[0], s[1], metrics = masked(s[0], s[1], teacher_params, batch, arch_table, key)
+    block(metrics["losses"])
+
+  def runner(k):
+    def run():
+      s = state[k]
+      s[0], s[1] = statics[k](s[0], s[1], teacher_params, batch, key)
+      block(s[0])
+    return run
+
+  times = interleaved_times({"masked": run_masked, "static4": runner("static4"),
+                             "largest": runner("largest")}, rounds=args.rounds)
+  tokens = args.batch * args.seq_len
+  useful = useful_step_flops(teacher, archs, args.batch, args.seq_len)
+  # XLA's count of the masked step, compiled with every loop unrolled so that each layer and each
+  # student is counted (a rolled loop's body is counted once).
+  unrolled = step_config(teacher, args.dtype, student_batching=args.student_batching, unroll=True)
+  xla = jax.jit(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher), optimizer, unrolled)
+                ).lower(*state["masked"], teacher_params, batch, arch_table, key).compile().cost_analysis()
+  out = {"subspace": name, "archs": [a.name for a in archs],
+         "tokens_per_s": {k: tokens / t for k, t in times.items()},
+         "overhead_vs_static4": times["masked"] / times["static4"],
+         "masked_vs_largest_alone": times["masked"] / times["largest"],
+         "useful_flops": useful, "xla_flops": float(xla["flops"]),
+         "useful_fraction": useful / float(xla["flops"]),
+         "useful_tflops_per_s": useful / times["masked"] / 1e12}
+  peak = PEAK_BF16.get(jax.devices()[0].device_kind)
+  if args.mfu and peak:
+    out["mfu"] = useful / times["masked"] / (peak * jax.device_count())
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--size", default="demo", choices=["demo", "paper"])
+  parser.add_argument("--subspaces", default="tiny,small,base")
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--seq_len", type=int, default=128)
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--student_batching", default="scan", choices=["scan", "vmap"])
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--corpus", default="", help="text file for real token ids (default: random ids)")
+  parser.add_argument("--mfu", action="store_true", help="report MFU against the device's bf16 peak")
+  parser.add_argument("--json", default="", help="also write the results to this file")
+  args = parser.parse_args()
+  teacher, spaces = teacher_and_subspaces(args.size)
+  print(f"device: {device_description()}; size={args.size} batch={args.batch} seq_len={args.seq_len} "
+        f"dtype={args.dtype} students={args.student_batching}")
+  results = []
+  for name in args.subspaces.split(","):
+    r = bench_subspace(name, teacher, spaces[name], args)
+    results.append(r)
+    tps = r["tokens_per_s"]
+    print(f"{name:>5}: tokens/s masked {tps['masked']:.0f}, 4 static students {tps['static4']:.0f}, "
+          f"largest alone {tps['largest']:.0f} | overhead {r['overhead_vs_static4']:.2f}x "
+          f"(target <= 1.25), masked/largest {r['masked_vs_largest_alone']:.2f}x | useful fraction "
+          f"{r['useful_fraction']:.2f} (target >= 0.7), {r['useful_tflops_per_s']:.3f} useful TFLOP/s"
+          + (f", MFU {100 * r['mfu']:.1f}%" if "mfu" in r else ""))
+    print(f"       sandwich: {', '.join(r['archs'])}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"device": device_description(), "args": vars(args), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
