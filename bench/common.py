@@ -16,7 +16,14 @@ from flax import nnx
 from autodistil_jax import data, distill, hf_io
 from autodistil_jax.defaults import base_config
 from autodistil_jax.model import BertEncoder, EncoderConfig, slice_params
-from autodistil_jax.search_space import PAPER_SUBSPACES, Arch, SubSpace, derive_subspace, exact_flops, layer_map
+from autodistil_jax.search_space import (
+  PAPER_SUBSPACES,
+  Arch,
+  SubSpace,
+  derive_subspace,
+  exact_flops,
+  layer_map,
+)
 from autodistil_jax.train import DTYPES, StepConfig
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 
+import common
 import jax
 import jax.numpy as jnp
-from common import (device_description, interleaved_times, make_batch, make_static_step, step_config,
-                    teacher_and_subspaces, train_config, useful_step_flops)
 from flax import nnx
 
 from autodistil_jax import parallel, train
@@ -35,9 +34,9 @@ def bench_subspace(name, teacher, space, args) -> dict:
   superlm = init_superlm(teacher, space)
   archs = sandwich_sample(space, seed=0, step=0)
   mesh = parallel.make_mesh()
-  sc = step_config(teacher, args.dtype, student_batching=args.student_batching)
-  optimizer = train.make_optimizer(train_config(num_steps=1000))
-  batch = parallel.global_batch(mesh, {k: jax.device_get(v) for k, v in make_batch(
+  sc = common.step_config(teacher, args.dtype, student_batching=args.student_batching)
+  optimizer = train.make_optimizer(common.train_config(num_steps=1000))
+  batch = parallel.global_batch(mesh, {k: jax.device_get(v) for k, v in common.make_batch(
       args.batch, args.seq_len, teacher.config.vocab_size, args.corpus).items()})
   teacher_params = parallel.replicate(mesh, get_params(teacher))
   arch_table = train.sandwich_archs(space, 0, 0, 2)
@@ -45,8 +44,8 @@ def bench_subspace(name, teacher, space, args) -> dict:
 
   masked = train.jit_train_step(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher),
                                                       optimizer, sc), mesh)
-  statics = {"static4": make_static_step(superlm, teacher, archs, optimizer, sc),
-             "largest": make_static_step(superlm, teacher, archs[:1], optimizer, sc)}
+  statics = {"static4": common.make_static_step(superlm, teacher, archs, optimizer, sc),
+             "largest": common.make_static_step(superlm, teacher, archs[:1], optimizer, sc)}
   state = {}
   for k in ("masked", *statics):  # each its own copy: the steps donate their buffers
     p = parallel.replicate(mesh, jax.tree.map(jnp.copy, get_params(superlm)))
@@ -64,13 +63,13 @@ def bench_subspace(name, teacher, space, args) -> dict:
       block(s[0])
     return run
 
-  times = interleaved_times({"masked": run_masked, "static4": runner("static4"),
+  times = common.interleaved_times({"masked": run_masked, "static4": runner("static4"),
                              "largest": runner("largest")}, rounds=args.rounds)
   tokens = args.batch * args.seq_len
-  useful = useful_step_flops(teacher, archs, args.batch, args.seq_len)
+  useful = common.useful_step_flops(teacher, archs, args.batch, args.seq_len)
   # XLA's count of the masked step, compiled with every loop unrolled so that each layer and each
   # student is counted (a rolled loop's body is counted once).
-  unrolled = step_config(teacher, args.dtype, student_batching=args.student_batching, unroll=True)
+  unrolled = common.step_config(teacher, args.dtype, student_batching=args.student_batching, unroll=True)
   xla = jax.jit(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher), optimizer, unrolled)
                 ).lower(*state["masked"], teacher_params, batch, arch_table, key).compile().cost_analysis()
   out = {"subspace": name, "archs": [a.name for a in archs],
@@ -99,8 +98,8 @@ def main():
   parser.add_argument("--mfu", action="store_true", help="report MFU against the device's bf16 peak")
   parser.add_argument("--json", default="", help="also write the results to this file")
   args = parser.parse_args()
-  teacher, spaces = teacher_and_subspaces(args.size)
-  print(f"device: {device_description()}; size={args.size} batch={args.batch} seq_len={args.seq_len} "
+  teacher, spaces = common.teacher_and_subspaces(args.size)
+  print(f"device: {common.device_description()}; size={args.size} batch={args.batch} seq_len={args.seq_len} "
         f"dtype={args.dtype} students={args.student_batching}")
   results = []
   for name in args.subspaces.split(","):
@@ -115,7 +114,7 @@ def main():
     print(f"       sandwich: {', '.join(r['archs'])}")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"device": device_description(), "args": vars(args), "results": results}, f, indent=2)
+      json.dump({"device": common.device_description(), "args": vars(args), "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
