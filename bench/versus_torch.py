@@ -31,7 +31,7 @@ def ours(encoder, batch, target, dropout: float, lr: float):
 
   def loss_fn(params, rng):
     out = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                      dropout_rate=dropout, dropout_rng=rng)
+                                      dropout_rate=dropout, dropout_rng=rng, unroll=True)
     return jnp.mean(jnp.square(out.hidden - target))
 
   @jax.jit
