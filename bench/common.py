@@ -3,6 +3,7 @@ step, interleaved timing and exact FLOP counts."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -135,3 +136,18 @@ def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, warmup:
 def device_description() -> str:
   d = jax.devices()[0]
   return f"{jax.device_count()} x {d.device_kind} ({d.platform}), jax {jax.__version__}"
+
+
+def parser(doc: str, batch: int, step_flags: bool = False) -> argparse.ArgumentParser:
+  """The flags every benchmark takes; `step_flags` adds those of the training step."""
+  p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--size", default="demo", choices=["demo", "paper"])
+  p.add_argument("--batch", type=int, default=batch)
+  p.add_argument("--seq_len", type=int, default=128)
+  p.add_argument("--corpus", default="", help="text file for real token ids (default: random ids)")
+  p.add_argument("--json", default="", help="also write the results to this file")
+  if step_flags:
+    p.add_argument("--subspaces", default="tiny,small,base")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--student_batching", default="scan", choices=["scan", "vmap"])
+  return p

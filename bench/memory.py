@@ -8,7 +8,6 @@ measured peak where the device reports one (GPU/TPU), and this process's peak ho
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 
@@ -24,22 +23,14 @@ MIB = 1 << 20
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--size", default="demo", choices=["demo", "paper"])
-  parser.add_argument("--subspaces", default="tiny,small,base")
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--seq_len", type=int, default=128)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--student_batching", default="scan", choices=["scan", "vmap"])
-  parser.add_argument("--json", default="")
-  args = parser.parse_args()
+  args = common.parser(__doc__, batch=16, step_flags=True).parse_args()
   teacher, spaces = common.teacher_and_subspaces(args.size)
   mesh = parallel.make_mesh()
   print(f"device: {common.device_description()}; size={args.size} batch={args.batch} "
         f"seq_len={args.seq_len} dtype={args.dtype} students={args.student_batching}")
   teacher_params = parallel.replicate(mesh, get_params(teacher))
   batch = parallel.global_batch(mesh, {k: jax.device_get(v) for k, v in common.make_batch(
-      args.batch, args.seq_len, teacher.config.vocab_size).items()})
+      args.batch, args.seq_len, teacher.config.vocab_size, args.corpus).items()})
   results = []
   for name in args.subspaces.split(","):
     superlm = init_superlm(teacher, spaces[name])

@@ -9,7 +9,6 @@ Target: the evaluator scores >= 10x more students per second.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -41,17 +40,12 @@ def static_scores(superlm, archs, teacher_logits, batches, loss: str) -> tuple[l
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--size", default="demo", choices=["demo", "paper"])
+  parser = common.parser(__doc__, batch=32)
   parser.add_argument("--subspace", default="base")
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--seq_len", type=int, default=128)
   parser.add_argument("--batches", type=int, default=2, help="held-out batches every student is scored on")
   parser.add_argument("--students_per_call", type=int, default=16)
   parser.add_argument("--static_students", type=int, default=12,
                       help="students timed one by one (evenly spread over the sub-space)")
-  parser.add_argument("--corpus", default="")
-  parser.add_argument("--json", default="")
   args = parser.parse_args()
   teacher, spaces = common.teacher_and_subspaces(args.size)
   space = spaces[args.subspace]

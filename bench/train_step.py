@@ -10,7 +10,6 @@ Targets per sub-space: overhead <= 1.25x, useful fraction >= 0.7.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import common
@@ -86,17 +85,9 @@ def bench_subspace(name, teacher, space, args) -> dict:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--size", default="demo", choices=["demo", "paper"])
-  parser.add_argument("--subspaces", default="tiny,small,base")
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--seq_len", type=int, default=128)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--student_batching", default="scan", choices=["scan", "vmap"])
+  parser = common.parser(__doc__, batch=16, step_flags=True)
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--corpus", default="", help="text file for real token ids (default: random ids)")
   parser.add_argument("--mfu", action="store_true", help="report MFU against the device's bf16 peak")
-  parser.add_argument("--json", default="", help="also write the results to this file")
   args = parser.parse_args()
   teacher, spaces = common.teacher_and_subspaces(args.size)
   print(f"device: {common.device_description()}; size={args.size} batch={args.batch} seq_len={args.seq_len} "

@@ -9,7 +9,6 @@ Target: ours >= 1.5x faster.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import common
@@ -45,14 +44,10 @@ def ours(encoder, batch, target, dropout: float, lr: float):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = common.parser(__doc__, batch=16)
   parser.add_argument("--model", default="all-MiniLM-L6-v2",
                       help="HF BERT directory or name; a plain-BERT student export works too")
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--seq_len", type=int, default=128)
   parser.add_argument("--rounds", type=int, default=10)
-  parser.add_argument("--corpus", default="")
-  parser.add_argument("--json", default="")
   args = parser.parse_args()
   directory = hf_io.resolve_checkpoint(args.model)
   encoder = hf_io.load_bert(directory)

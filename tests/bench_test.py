@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end at toy sizes and agree with what they compare against.
+No timing is asserted: only that each script works and its two sides compute the same thing."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _bench(script, tmp_path, *flags):
+  out = tmp_path / f"{script}.json"
+  result = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), *flags, f"--json={out}"],
+                          cwd=ROOT / "bench", capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_search_bench_scores_the_same_losses_both_ways(tmp_path):
+  r = _bench("search", tmp_path, "--subspace=tiny", "--batch=4", "--seq_len=32", "--batches=1",
+             "--static_students=3", "--students_per_call=8")
+  assert r["students"] > 0 and r["compilations"] == 1
+  assert r["max_loss_diff"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_versus_torch_bench_starts_from_the_same_loss(tmp_path):
+  r = _bench("versus_torch", tmp_path, "--batch=2", "--seq_len=32", "--rounds=1")
+  assert r["initial_loss_diff"] <= 1e-5 and r["ours_s"] > 0 and r["torch_s"] > 0
+
+
+@pytest.mark.slow
+def test_train_step_and_memory_benches_run(tmp_path):
+  r = _bench("train_step", tmp_path, "--subspaces=tiny", "--batch=2", "--seq_len=32", "--rounds=1")
+  (tiny,) = r["results"]
+  assert len(tiny["archs"]) == 4 and tiny["useful_fraction"] > 0 and tiny["overhead_vs_static4"] > 0
+  m = _bench("memory", tmp_path, "--subspaces=tiny", "--batch=2", "--seq_len=32")
+  assert m["results"][0]["xla_total_mib"] > m["results"][0]["params_mib"] > 0
