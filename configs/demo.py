@@ -6,11 +6,12 @@ Sub-spaces are the paper's Tiny/Small/Base fractions of this 6-layer, hidden-384
   python launch/main.py --config=configs/demo.py --workdir=runs/demo --mode=all \
       --config.data.corpus='../shared/data/wikitext-2/*.txt' --config.data.glue_dir=../shared/data/glue
 
-Cost (2-core CPU, measured, --mode=all): 20.5 min in all. Train 3.5 to 5 min (80 steps x 3
-SuperLMs), search 2 to 3.3 min (448 students on 64 held-out sequences), export 2 s, GLUE 12 min
-(teacher + 2 students x 5 tasks, 1000 training examples, 2 epochs). That GLUE budget is a smoke
-run: CoLA stays at MCC 0 and STS-B is barely learnt; raise glue.max_train_examples/epochs for
-real numbers.
+Cost (2-core CPU, measured, --mode=all), two runs on shared machines: 20.5 and 37 min. Train
+3.5 to 8 min (80 steps x 3 SuperLMs), search 2 to 4.4 min (448 students on 64 held-out
+sequences), export 3 s, GLUE 12 to 25 min (teacher + 2 students x 5 tasks, 1000 training
+examples, 2 epochs; the 37-min run compiled an unrolled fine-tuning step, since reverted). That
+GLUE budget is a smoke run: CoLA stays at MCC 0 and STS-B is not learnt (Pearson ~0 for the
+students); raise glue.max_train_examples/epochs for real numbers.
 """
 
 import ml_collections
