@@ -26,6 +26,7 @@ def main():
   args = common.parser(__doc__, batch=16, step_flags=True).parse_args()
   teacher, spaces = common.teacher_and_subspaces(args.size)
   mesh = parallel.make_mesh()
+  parallel.check_batch_size(args.batch, mesh)
   print(f"device: {common.device_description()}; size={args.size} batch={args.batch} "
         f"seq_len={args.seq_len} dtype={args.dtype} students={args.student_batching}")
   teacher_params = parallel.replicate(mesh, get_params(teacher))

@@ -33,6 +33,7 @@ def bench_subspace(name, teacher, space, args) -> dict:
   superlm = init_superlm(teacher, space)
   archs = sandwich_sample(space, seed=0, step=0)
   mesh = parallel.make_mesh()
+  parallel.check_batch_size(args.batch, mesh)
   sc = common.step_config(teacher, args.dtype, student_batching=args.student_batching)
   optimizer = train.make_optimizer(common.train_config(num_steps=1000))
   batch = parallel.global_batch(mesh, {k: jax.device_get(v) for k, v in common.make_batch(

@@ -2,6 +2,7 @@
 No timing is asserted: only that each script works and its two sides compute the same thing."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -13,8 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _bench(script, tmp_path, *flags):
   out = tmp_path / f"{script}.json"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user runs it
   result = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), *flags, f"--json={out}"],
-                          cwd=ROOT / "bench", capture_output=True, text=True, timeout=900)
+                          cwd=ROOT / "bench", capture_output=True, text=True, timeout=900, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(out.read_text())
 
