@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.glue.eval_batch_size = 128
   c.glue.epochs = 20
   c.glue.seq_len = 128
+  c.glue.pad_multiple = 16  # each batch is cut to its longest row, rounded up to this (0: seq_len)
   c.glue.dropout = 0.1
   c.glue.max_train_examples = 0  # 0: all; else a seeded subset (for quick runs)
   c.glue.include_teacher = True

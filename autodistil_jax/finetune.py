@@ -8,6 +8,7 @@ best epoch kept (PAPER_NOTES section 7). Data parallel over the same ('data',) m
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from autodistil_jax import glue, parallel
-from autodistil_jax.model import BertEncoder, get_params
+from autodistil_jax.model import BertEncoder, EncoderConfig, get_params
 
 
 def init_head(hidden: int, num_labels: int, seed: int) -> dict:
@@ -26,10 +27,20 @@ def init_head(hidden: int, num_labels: int, seed: int) -> dict:
   return {"kernel": kernel, "bias": jnp.zeros((num_labels,), jnp.float32)}
 
 
-def make_functions(encoder: BertEncoder, task: glue.Task, optimizer: optax.GradientTransformation,
+def make_optimizer(learning_rate: float, total_steps: int) -> optax.GradientTransformation:
+  """AdamW without weight decay, linear decay from the peak to zero over the run."""
+  return optax.adamw(optax.linear_schedule(learning_rate, 0.0, total_steps), b1=0.9, b2=0.999,
+                     eps=1e-8, weight_decay=0.0)
+
+
+@functools.lru_cache(maxsize=64)
+def make_functions(encoder_config: EncoderConfig, task: glue.Task, learning_rate: float, total_steps: int,
                    dropout: float, mesh: jax.sharding.Mesh, dtype=jnp.float32):
-  """Jitted (train_step, predict) for `encoder` + a head, batch sharded over the mesh."""
-  graphdef = nnx.graphdef(encoder)
+  """Jitted (train_step, predict) for an encoder of `encoder_config` + a head, batch sharded over
+  the mesh. Cached: every seed, and every model of the same architecture (a searched student and
+  its baselines), reuses one compilation per input shape."""
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: BertEncoder(encoder_config, rngs=nnx.Rngs(0))))
+  optimizer = make_optimizer(learning_rate, total_steps)
 
   def logits_fn(params, batch, rng):
     out = nnx.merge(graphdef, params["encoder"])(
@@ -59,11 +70,22 @@ def make_functions(encoder: BertEncoder, task: glue.Task, optimizer: optax.Gradi
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   train_step = jax.jit(train_step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep, rep),
                        donate_argnums=(0, 1))
-  return train_step, jax.jit(predict, in_shardings=(rep, data), out_shardings=rep)
+  return optimizer, train_step, jax.jit(predict, in_shardings=(rep, data), out_shardings=rep)
+
+
+def trim_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+  """Drops the padding columns no row of the batch uses, keeping the length a multiple of
+  `multiple` (so a task compiles a few shapes, not one per batch). 0: keep every column."""
+  length = batch["input_ids"].shape[1]
+  if multiple <= 0:
+    return batch
+  used = int(batch["attention_mask"].sum(axis=1).max(initial=1))
+  keep = min(length, -(-used // multiple) * multiple)
+  return {k: v[:, :keep] if v.ndim == 2 and v.shape[1] == length else v for k, v in batch.items()}
 
 
 def _batches(features: dict[str, np.ndarray], batch_size: int, order: np.ndarray | None = None,
-             drop_last: bool = True):
+             drop_last: bool = True, pad_multiple: int = 0):
   n = len(features["labels"])
   order = np.arange(n) if order is None else order
   stop = n - n % batch_size if drop_last else n
@@ -73,7 +95,7 @@ def _batches(features: dict[str, np.ndarray], batch_size: int, order: np.ndarray
     if len(idx) < batch_size:  # pad the last eval batch; the padding rows are dropped after
       batch = {k: np.concatenate([v, np.zeros((batch_size - len(idx), *v.shape[1:]), v.dtype)])
                for k, v in batch.items()}
-    yield batch, len(idx)
+    yield trim_padding(batch, pad_multiple), len(idx)
 
 
 @dataclasses.dataclass
@@ -95,14 +117,13 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
   if steps_per_epoch == 0:
     raise ValueError(f"{task.name}: {len(train['labels'])} training examples are fewer than one "
                      f"batch of {cfg.batch_size}")
-  schedule = optax.linear_schedule(learning_rate, 0.0, steps_per_epoch * cfg.epochs)
-  optimizer = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+  optimizer, train_step, predict = make_functions(encoder.config, task, float(learning_rate),
+                                                  steps_per_epoch * cfg.epochs, float(cfg.dropout), mesh)
   params = {"encoder": get_params(encoder),
             "head": init_head(encoder.config.hidden, task.num_labels, seed)}
   # A copy: the step donates its parameters, and the encoder's own arrays must survive this run.
   params = parallel.replicate(mesh, jax.tree.map(jnp.array, params))
   opt_state = parallel.replicate(mesh, optimizer.init(params))
-  train_step, predict = make_functions(encoder, task, optimizer, cfg.dropout, mesh)
   rng = np.random.default_rng(seed)
   base_key = jax.random.key(seed)
   epochs, best_epoch, best_score = [], -1, -np.inf
@@ -110,7 +131,8 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
              disable=jax.process_index() != 0, dynamic_ncols=True)
   step = 0
   for _ in range(cfg.epochs):
-    for batch, _ in _batches(train, cfg.batch_size, rng.permutation(len(train["labels"]))):
+    for batch, _ in _batches(train, cfg.batch_size, rng.permutation(len(train["labels"])),
+                             pad_multiple=cfg.pad_multiple):
       params, opt_state, _ = train_step(params, opt_state, parallel.global_batch_from_full(mesh, batch),
                                         jax.random.fold_in(base_key, step))
       step += 1
@@ -118,7 +140,8 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
     scores = {}
     for split, features in dev.items():
       preds = [np.asarray(predict(params, parallel.global_batch_from_full(mesh, b)))[:n]
-               for b, n in _batches(features, cfg.eval_batch_size, drop_last=False)]
+               for b, n in _batches(features, cfg.eval_batch_size, drop_last=False,
+                                         pad_multiple=cfg.pad_multiple)]
       scores[split] = glue.compute_metrics(task, np.concatenate(preds), features["labels"])
     epochs.append(scores)
     score = glue.main_score(task, next(iter(scores.values())))

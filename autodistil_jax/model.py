@@ -349,6 +349,12 @@ def extract_student(model: BertEncoder, arch: Arch) -> BertEncoder:
   return from_params(student_cfg, slice_params(get_params(model), student_cfg, positions))
 
 
+def random_student(config: EncoderConfig, arch: Arch, seed: int) -> BertEncoder:
+  """The dense student `arch` of an encoder like `config`, randomly initialised (BERT-style)."""
+  config.check_arch(arch)
+  return BertEncoder(config.for_student(arch), rngs=nnx.Rngs(seed))
+
+
 def count_params(model_or_params) -> int:
   params = get_params(model_or_params) if isinstance(model_or_params, nnx.Module) else model_or_params
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -106,7 +106,7 @@ def training_summary(workdir: Path, names: list[str]) -> str:
       continue
     first, last = records[0], records[-1]
     sizes = " / ".join(f"{first[k]:.4g} -> {last[k]:.4g}"
-                       for k in ("loss/largest", "loss/smallest", "loss/random"))
+                       for k in first if k.startswith("loss/") and k in last)
     lines.append(f"  {name:>6} steps {first['step']}..{last['step']}: {sizes}")
   return "\n".join(lines)
 

@@ -166,9 +166,12 @@ def layer_map(i, num_layers, teacher_layers):
 def sandwich_sample(space: SubSpace, seed: int, step: int, num_random: int = 2) -> list[Arch]:
   """The sandwich rule: largest, smallest and `num_random` distinct others.
 
-  A pure function of (seed, step), so a resumed run samples exactly the same students.
+  A pure function of (seed, step), so a resumed run samples exactly the same students. A
+  sub-space of one architecture gives that student alone: plain distillation, no weight sharing.
   """
   largest, smallest = space.largest, space.smallest
+  if len(space) == 1:
+    return [largest]
   others = [a for a in space.enumerate() if a not in (largest, smallest)]
   if len(others) < num_random:
     raise ValueError(f"sub-space {space.name!r} has {len(space)} students, too few for the "

@@ -163,7 +163,10 @@ def jit_train_step(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
   return jax.jit(step, in_shardings=(rep, rep, rep, sharded, rep, rep),
                  out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
 
+
 def _loss_scalars(losses: np.ndarray) -> dict[str, float]:
+  if len(losses) == 1:  # a one-student sub-space: plain distillation
+    return {"loss/student": float(losses[0])}
   return {"loss/largest": float(losses[0]), "loss/smallest": float(losses[1]),
           "loss/random": float(np.mean(losses[2:])) if len(losses) > 2 else float("nan")}
 

@@ -113,3 +113,17 @@ def test_metrics_are_logged(teacher, corpus, tmp_path):
   assert "tokens_per_s" in records[1] and records[1]["tokens_per_s"] > 0
   assert list((tmp_path / "tensorboard" / "superlm" / "mini").glob("events.out.tfevents.*"))
   json.dumps(records)
+
+
+def test_one_student_subspace_is_distilled_alone(teacher, corpus, tmp_path):
+  config = tiny_config(num_steps=3, log_every=1)
+  arch = train.subspace_from_config("mini", config.subspaces["mini"]).largest
+  config.subspaces["alone"] = {"layers": (arch.layers,), "hidden": (arch.hidden,),
+                               "mlp_ratio": (arch.mlp_ratio,), "heads": (arch.heads,)}
+  space = train.subspace_from_config("alone", config.subspaces["alone"])
+  assert train.sandwich_archs(space, 0, 5, config.train.num_random).tolist() == [list(arch.as_array())]
+  params = train.train_superlm(config, tmp_path, "alone", teacher, *corpus, parallel.make_mesh())
+  losses = [r["loss/student"] for r in read_metrics(tmp_path, "superlm/alone")]
+  assert len(losses) == 3 and all(np.isfinite(losses)) and min(losses) > 0
+  initial = get_params(init_superlm(teacher, space))
+  assert np.abs(_flat(params) - _flat(initial)).max() > 0

@@ -1,0 +1,165 @@
+"""Issue 8: does AutoDistil's searched student keep the teacher's GLUE score, and beat baselines?
+
+One command runs the whole experiment, resumably (each finished piece is skipped on a re-run):
+
+  python experiments/headline.py --workdir=runs/headline --data_dir=../shared/data --out=docs
+
+1. transfer set: WikiText-2 valid+test, Tiny Shakespeare and the GLUE training sentences;
+2. SuperLMs of the demo sub-spaces (train), search, and the students selected per FLOPs budget;
+3. baselines of each selected architecture: (b) sliced from the teacher, (c) distilled alone with
+   the same objective and steps (a one-student sub-space: no weight sharing), (d) random init;
+4. GLUE fine-tuning of the teacher, the searched students and the baselines, 3 seeds per cell,
+   one task at a time over all models (so a cut-short run still compares like with like);
+5. <out>/results.md and its figures (experiments/headline_report.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))  # headline_report beside this file
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "headline.py"),
+                                          "The experiment's config.", lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the experiment writes.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/, wikitext-2/ and tinyshakespeare/.")
+_OUT = flags.DEFINE_string("out", None, "Where results.md and figures/ go (e.g. docs); default: workdir.")
+flags.mark_flags_as_required(["workdir", "data_dir"])
+
+KINDS = {"sliced": "(b) sliced from the teacher", "alone": "(c) distilled alone",
+         "random": "(d) random init"}
+
+
+class Timer:
+  """Wall time per stage, kept in <workdir>/headline/timing.json and summed over resumed runs."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    self.times = json.loads(path.read_text()) if path.is_file() else {}
+
+  def run(self, stage: str, fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.path.write_text(json.dumps(self.times, indent=2) + "\n")
+    print(f"[headline] {stage}: {self.times[stage]:.1f} s")
+    return result
+
+
+def write_glue_sentences(data_dir: pathlib.Path, tasks: list[str], target: pathlib.Path) -> pathlib.Path:
+  """The unlabeled sentences of the GLUE training sets, one per line (labels are not read)."""
+  from autodistil_jax import glue
+
+  if target.is_file():
+    return target
+  seen: dict[str, None] = {}
+  for name in tasks:
+    for row in glue.read_split(glue.get_task(name), data_dir / "glue", "train").texts:
+      seen.update(dict.fromkeys(t.strip() for t in row if t.strip()))
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.with_suffix(".tmp")
+  tmp.write_text("\n".join(seen) + "\n", encoding="utf-8")
+  tmp.replace(target)
+  print(f"[headline] transfer set: {len(seen)} GLUE training sentences -> {target}")
+  return target
+
+
+def transfer_corpus(data_dir: pathlib.Path, glue_file: pathlib.Path) -> str:
+  parts = [data_dir / "wikitext-2" / "valid.txt", data_dir / "wikitext-2" / "test.txt",
+           data_dir / "tinyshakespeare" / "input.txt", glue_file]
+  missing = [str(p) for p in parts if not p.is_file()]
+  if missing:
+    raise FileNotFoundError(f"transfer-set files not found: {', '.join(missing)}; check --data_dir")
+  return ",".join(str(p) for p in parts)
+
+
+def selected_archs(workdir: pathlib.Path) -> dict[str, tuple[str, object]]:
+  """budget -> (subspace, Arch) of the searched students."""
+  from autodistil_jax.search_space import Arch
+
+  selected = json.loads((workdir / "search" / "selected.json").read_text())
+  return {b: (r["subspace"], Arch(r["layers"], r["hidden"], r["mlp_ratio"], r["heads"]))
+          for b, r in selected.items()}
+
+
+def build_baselines(config, workdir: pathlib.Path, timer: Timer) -> list[str]:
+  """(b), (c) and (d) for every selected architecture, as HF checkpoints under baselines/."""
+  from autodistil_jax import export, hf_io, parallel, pipeline
+  from autodistil_jax.model import random_student
+  from autodistil_jax.train import load_superlm, train_superlm
+
+  teacher = pipeline.load_teacher(config)
+  teacher_dir = hf_io.resolve_checkpoint(config.teacher)
+  mesh = parallel.make_mesh()
+  archs = dict.fromkeys(arch for _, arch in selected_archs(workdir).values())
+  common = {"teacher_dir": teacher_dir, "teacher_name": str(config.teacher), "seq_len": config.data.seq_len}
+  dirs = []
+  for arch in archs:
+    targets = {kind: workdir / "baselines" / f"{kind}-{arch.name}" for kind in KINDS}
+    dirs += [str(t) for t in targets.values()]
+    if not targets["sliced"].exists():
+      export.export_student(teacher, arch, targets["sliced"], subspace="sliced from the teacher", **common)
+    if not targets["random"].exists():
+      export.export_student(random_student(teacher.config, arch, config.seed), arch, targets["random"],
+                            subspace="random initialisation", **common)
+    if not targets["alone"].exists():
+      name = f"alone-{arch.name}"
+      alone = copy.deepcopy(config)
+      alone.subspaces = {name: {"layers": (arch.layers,), "hidden": (arch.hidden,),
+                                "mlp_ratio": (arch.mlp_ratio,), "heads": (arch.heads,)}}
+      tokens, train_idx, _ = pipeline.load_split_corpus(alone, workdir)
+      timer.run(f"train alone {arch.name}", train_superlm, alone, workdir, name, teacher, tokens,
+                train_idx, mesh)
+      student = load_superlm(alone, workdir, name, teacher, mesh)[0]
+      export.export_student(student, arch, targets["alone"], subspace="distilled alone", **common)
+  return dirs
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  import headline_report
+
+  from autodistil_jax import pipeline
+
+  config = _CONFIG.value
+  workdir = pipeline.check_workdir(_WORKDIR.value)
+  data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
+  out = pathlib.Path(_OUT.value or workdir)
+  timer = Timer(workdir / "headline" / "timing.json")
+  glue_file = write_glue_sentences(data_dir, list(config.glue.tasks), workdir / "corpus" / "glue_train.txt")
+  config.data.corpus = transfer_corpus(data_dir, glue_file)
+  config.data.glue_dir = str(data_dir / "glue")
+  for stage in ("train", "search", "export"):
+    marker = workdir / "stages" / f"{stage}.done"
+    if not marker.is_file():
+      config.export.overwrite = stage == "export"  # a re-run replaces a half-written export
+      timer.run(stage, pipeline.MODES[stage], config, workdir)
+      marker.parent.mkdir(parents=True, exist_ok=True)
+      marker.write_text("done\n")
+  baselines = build_baselines(config, workdir, timer)
+  config.glue.models = tuple(baselines)
+  tasks = list(config.glue.tasks)
+  for task in tasks:
+    one = copy.deepcopy(config)
+    one.glue.tasks = (task,)
+    timer.run(f"finetune {task}", pipeline.run_finetune, one, workdir)
+  models = list(pipeline.finetune_models(config, workdir))
+  pipeline.write_summary(workdir, models, tasks)
+  path = headline_report.write_report(workdir, out, config, timer.times, KINDS, selected_archs(workdir))
+  print(f"[headline] report: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,184 @@
+"""docs/results.md for experiments/headline.py: the GLUE table (mean and std over seeds), the claim
+checked against it, the Pareto plot and GLUE average against FLOPs, commands, wall times, hardware."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import shutil
+
+import numpy as np
+
+from autodistil_jax import glue
+
+
+def cpu_name() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def per_seed_scores(workdir: pathlib.Path, model: str, task: str) -> dict[int, float] | None:
+  """seed -> main score (x100) at the best epoch, or None if the cell has not run."""
+  path = workdir / "glue" / model / task / "results.json"
+  if not path.is_file():
+    return None
+  result = json.loads(path.read_text())
+  t = glue.get_task(task)
+  runs = [r for r in result["runs"] if r["learning_rate"] == result["best_lr"]]
+  return {r["seed"]: 100 * glue.main_score(t, next(iter(r["best"].values()))) for r in runs}
+
+
+def collect(workdir: pathlib.Path, models: dict[str, dict], tasks: list[str]) -> list[dict]:
+  """One row per model: params, FLOPs, mean/std per task and of the per-seed GLUE average."""
+  rows = []
+  for model, role in models.items():
+    cells = {t: per_seed_scores(workdir, model, t) for t in tasks}
+    first = next((workdir / "glue" / model / t / "results.json" for t in tasks
+                  if cells[t] is not None), None)
+    if first is None:
+      continue
+    meta = json.loads(first.read_text())
+    row = {"model": model, **role, "params": meta["params"], "gflops": meta["flops"] / 1e9, "cells": {}}
+    for t, scores in cells.items():
+      if scores:
+        v = np.array(list(scores.values()))
+        row["cells"][t] = (float(v.mean()), float(v.std()), len(v))
+    if all(cells[t] for t in tasks):
+      seeds = sorted(set.intersection(*(set(cells[t]) for t in tasks)))
+      avg = np.array([np.mean([cells[t][s] for t in tasks]) for s in seeds])
+      row["average"] = (float(avg.mean()), float(avg.std()), len(seeds))
+    rows.append(row)
+  return rows
+
+
+def claim(rows: list[dict], budget: str) -> list[str]:
+  def find(kind):
+    return next((r for r in rows if r["kind"] == kind and (kind == "teacher" or budget in r["budgets"])),
+                None)
+
+  teacher, searched = find("teacher"), find("searched")
+  if not (teacher and searched and "average" in teacher and "average" in searched):
+    return [f"- {budget}: not every cell has run; no verdict."]
+  t, s = teacher["average"][0], searched["average"][0]
+  lines = [f"- {budget}: the searched student ({searched['gflops'] / teacher['gflops']:.0%} of the "
+           f"teacher's FLOPs) averages {s:.1f} = {s / t:.1%} of the teacher's {t:.1f}: "
+           f"{'holds' if s >= 0.95 * t else 'does NOT hold'} (>= 95%)."]
+  for kind in ("sliced", "alone", "random"):
+    other = find(kind)
+    if other and "average" in other:
+      o = other["average"][0]
+      gap = s - other["average"][0]
+      noise = np.hypot(searched["average"][1], other["average"][1])
+      verdict = "beats" if gap > 0 else "does NOT beat"
+      lines.append(f"  - {verdict} {kind} ({o:.1f}): {gap:+.1f} points (seed std of the difference "
+                   f"~{noise:.1f})")
+  return lines
+
+
+def plot_glue_vs_flops(path: pathlib.Path, rows: list[dict]) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  styles = {"teacher": ("*", "black"), "searched": ("o", "tab:red"), "sliced": ("s", "tab:blue"),
+            "alone": ("^", "tab:green"), "random": ("x", "tab:grey")}
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  for kind, (marker, color) in styles.items():
+    mine = [r for r in rows if r["kind"] == kind and "average" in r]
+    if mine:
+      ax.errorbar([r["gflops"] for r in mine], [r["average"][0] for r in mine],
+                  yerr=[r["average"][1] for r in mine], fmt=marker, color=color, capsize=3,
+                  markersize=9 if kind == "teacher" else 6, label=kind)
+  teacher = next((r for r in rows if r["kind"] == "teacher" and "average" in r), None)
+  if teacher:
+    ax.axhline(0.95 * teacher["average"][0], color="black", linestyle=":", linewidth=0.8,
+               label="95% of the teacher")
+  ax.set_xlabel("GFLOPs per sequence (exact)")
+  ax.set_ylabel("GLUE dev average (5 tasks, mean over seeds)")
+  ax.set_title("GLUE average against cost")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def table(rows: list[dict], tasks: list[str]) -> list[str]:
+  lines = ["| model | kind | params | GFLOPs | " + " | ".join(tasks) + " | average |",
+           "|---" * (len(tasks) + 5) + "|"]
+  for r in rows:
+    cells = [f"{r['cells'][t][0]:.1f} ± {r['cells'][t][1]:.1f}" if t in r["cells"] else "—" for t in tasks]
+    avg = f"**{r['average'][0]:.1f}** ± {r['average'][1]:.1f}" if "average" in r else "—"
+    label = r["kind"] + (f" ({', '.join(r['budgets'])})" if r["budgets"] else "")
+    lines.append(f"| {r['model']} | {label} | {r['params'] / 1e6:.2f}M | {r['gflops']:.3f} | "
+                 + " | ".join(cells) + f" | {avg} |")
+  return lines
+
+
+def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[str, float],
+                 kinds: dict[str, str], selected: dict[str, tuple]) -> pathlib.Path:
+  import jax
+
+  tasks = list(config.glue.tasks)
+  models = {"teacher": {"kind": "teacher", "budgets": []}}
+  for budget, (subspace, arch) in selected.items():  # two budgets may select the same student
+    for kind, name in [("searched", f"{subspace}-{arch.name}")] + [(k, f"{k}-{arch.name}") for k in kinds]:
+      models.setdefault(name, {"kind": kind, "budgets": []})["budgets"].append(budget)
+  rows = collect(workdir, models, tasks)
+  figures = out / "figures"
+  figures.mkdir(parents=True, exist_ok=True)
+  shutil.copy(workdir / "search" / "pareto.png", figures / "headline_pareto.png")
+  plot_glue_vs_flops(figures / "headline_glue_vs_flops.png", rows)
+  search = json.loads((workdir / "search" / "summary.json").read_text())
+  g, t = config.glue, config.train
+  total = sum(times.values())
+  lines = [
+      "# Results: AutoDistil against the teacher and three baselines on GLUE (issue 8)", "",
+      "Produced by `experiments/headline.py` (config `configs/headline.py`); regenerate with:", "",
+      "```", "python experiments/headline.py --workdir=runs/headline --data_dir=../shared/data --out=docs",
+      "```", "",
+      f"Hardware: {cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on "
+      f"{jax.devices()[0].platform.upper()} ({jax.device_count()} device). No GPU was used.", "",
+      "## Setup", "",
+      f"- Teacher: {config.teacher} (6 layers, hidden 384, 12 heads; "
+      f"{search['teacher']['flops'] / 1e9:.3f} GFLOPs at sequence length {config.data.seq_len}).",
+      "- Transfer set: WikiText-2 valid+test, Tiny Shakespeare and the unlabeled sentences of the five "
+      "GLUE training sets, packed into sequences of "
+      f"{config.data.seq_len} tokens; {config.data.heldout} sequences held out for the search.",
+      f"- SuperLMs: the demo sub-spaces ({', '.join(config.subspaces)}), {t.num_steps} steps each, batch "
+      f"{t.batch_size}, peak learning rate {t.learning_rate:g}, {t.loss} relation loss, sandwich rule "
+      f"with {t.num_random} random students.",
+      "- Search: every student scored on the held-out sequences; "
+      f"budgets {', '.join(config.search.budgets)}.",
+      "- Baselines per selected architecture: " + "; ".join(kinds.values()) + f". (c) trains a "
+      f"one-student sub-space with the same objective, data and {t.num_steps} steps.",
+      f"- GLUE: {', '.join(tasks)} dev; seeds {tuple(g.seeds)}; a seeded {g.max_train_examples}-example "
+      f"subset of each training set, {g.epochs} epochs, batch {g.batch_size}, learning rate "
+      f"{', '.join(f'{x:g}' for x in g.learning_rates)}, sequence length {g.seq_len}; best epoch on dev. "
+      "Scores x100: accuracy (SST-2, RTE), mean of F1 and accuracy (MRPC), Matthews corr. (CoLA), "
+      "mean of Pearson and Spearman (STS-B). ± is the standard deviation over seeds (ddof 0); the "
+      "average is taken per seed, then over seeds.", "",
+      "## Table", "", *table(rows, tasks), "",
+      "## The claim", "",
+      "The searched student at <= 50% of the teacher's FLOPs keeps >= 95% of the teacher's GLUE average "
+      "and beats (b) and (d):", "",
+      *[line for budget in selected for line in claim(rows, budget)], "",
+      "## Figures", "",
+      "![Pareto front](figures/headline_pareto.png)", "",
+      "![GLUE average against FLOPs](figures/headline_glue_vs_flops.png)", "",
+      "## Wall times", "",
+      "| stage | seconds |", "|---|---|",
+      *[f"| {k} | {v:.0f} |" for k, v in times.items()],
+      f"| **total** | **{total:.0f}** ({total / 60:.0f} min) |", "",
+  ]
+  path = out / "results.md"
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return path
