@@ -1,0 +1,67 @@
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from autodistil_jax import data, finetune, glue, parallel
+from autodistil_jax.model import extract_student, get_params, random_student
+from autodistil_jax.search_space import Arch
+
+
+def test_trim_padding_keeps_the_longest_row_rounded_up():
+  mask = np.zeros((3, 64), np.int32)
+  mask[0, :5], mask[1, :19], mask[2, :1] = 1, 1, 1
+  batch = {"input_ids": mask * 7, "attention_mask": mask, "token_type_ids": 0 * mask,
+           "labels": np.array([0, 1, 0])}
+  cut = finetune.trim_padding(batch, 16)
+  assert {k: v.shape for k, v in cut.items()} == {"input_ids": (3, 32), "attention_mask": (3, 32),
+                                                  "token_type_ids": (3, 32), "labels": (3,)}
+  assert cut["attention_mask"].sum() == mask.sum()
+  assert finetune.trim_padding(batch, 0)["input_ids"].shape == (3, 64)
+  mask[1, :] = 1
+  assert finetune.trim_padding(batch, 48)["input_ids"].shape == (3, 64)  # never past seq_len
+
+
+@pytest.fixture(scope="module")
+def sst2(data_dir, teacher_dir):
+  tokenizer = data.load_tokenizer(teacher_dir)
+  task = glue.get_task("sst2")
+  train = glue.encode(glue.read_split(task, data_dir / "glue", "train"), tokenizer, 64)
+  dev = glue.encode(glue.read_split(task, data_dir / "glue", "dev"), tokenizer, 64)
+  pick = lambda d, n: {k: v[:n] for k, v in d.items()}
+  return task, pick(train, 64), {"dev": pick(dev, 96)}
+
+
+def _cfg(pad_multiple, dropout=0.1):
+  return ml_collections.ConfigDict({"batch_size": 16, "eval_batch_size": 32, "epochs": 2,
+                                    "dropout": dropout, "pad_multiple": pad_multiple})
+
+
+def test_cut_padding_changes_nothing_without_dropout(teacher, sst2):
+  task, train, dev = sst2
+  mesh = parallel.make_mesh()
+  student = extract_student(teacher, Arch(2, 96, 2.0, 3))
+  full = finetune.finetune(student, task, train, dev, _cfg(0, 0.0), 1e-4, 0, mesh)
+  cut = finetune.finetune(student, task, train, dev, _cfg(16, 0.0), 1e-4, 0, mesh)
+  assert np.median(train["attention_mask"].sum(1)) < 32  # SST-2 phrases: most batches are cut
+  for a, b in zip(full.epochs, cut.epochs, strict=True):
+    assert a["dev"]["accuracy"] == pytest.approx(b["dev"]["accuracy"], abs=1 / 96)
+
+
+def test_seeds_and_same_shaped_models_share_one_compilation(teacher, sst2):
+  task, train, dev = sst2
+  mesh = parallel.make_mesh()
+  arch = Arch(1, 64, 1.0, 2)
+  sliced, scratch = extract_student(teacher, arch), random_student(teacher.config, arch, 3)
+  assert sliced.config == scratch.config
+  before = get_params(sliced)
+  misses = finetune.make_functions.cache_info().misses
+  runs = [finetune.finetune(model, task, train, dev, _cfg(16), 1e-4, seed, mesh)
+          for model, seed in [(sliced, 0), (sliced, 1), (scratch, 0)]]
+  assert finetune.make_functions.cache_info().misses == misses + 1
+  _, train_step, predict = finetune.make_functions(sliced.config, task, 1e-4, 8, 0.1, mesh)
+  assert train_step._cache_size() <= 64 // 16  # one compilation per padded length at most
+  assert runs[0].epochs != runs[1].epochs or runs[0].epochs != runs[2].epochs
+  # The encoder's own parameters survive the runs (the step donates only its copy).
+  after = jax.tree.leaves(get_params(sliced))
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), after, strict=True))
