@@ -26,10 +26,11 @@ def test_trim_padding_keeps_the_longest_row_rounded_up():
 def sst2(data_dir, teacher_dir):
   tokenizer = data.load_tokenizer(teacher_dir)
   task = glue.get_task("sst2")
-  train = glue.encode(glue.read_split(task, data_dir / "glue", "train"), tokenizer, 64)
-  dev = glue.encode(glue.read_split(task, data_dir / "glue", "dev"), tokenizer, 64)
-  pick = lambda d, n: {k: v[:n] for k, v in d.items()}
-  return task, pick(train, 64), {"dev": pick(dev, 96)}
+  def first(split, n):
+    examples = glue.read_split(task, data_dir / "glue", split)
+    return glue.encode(glue.Examples(examples.texts[:n], examples.labels[:n]), tokenizer, 64)
+
+  return task, first("train", 64), {"dev": first("dev", 96)}
 
 
 def _cfg(pad_multiple, dropout=0.1):
