@@ -32,6 +32,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "head
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the experiment writes.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/, wikitext-2/ and tinyshakespeare/.")
 _OUT = flags.DEFINE_string("out", None, "Where results.md and figures/ go (e.g. docs); default: workdir.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite results.md from the cells run so far.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
 
 KINDS = {"sliced": "(b) sliced from the teacher", "alone": "(c) distilled alone",
@@ -138,6 +139,10 @@ def main(argv):
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
   out = pathlib.Path(_OUT.value or workdir)
   timer = Timer(workdir / "headline" / "timing.json")
+  if _REPORT_ONLY.value:
+    path = headline_report.write_report(workdir, out, config, timer.times, KINDS, selected_archs(workdir))
+    print(f"[headline] report (cells run so far): {path}")
+    return
   glue_file = write_glue_sentences(data_dir, list(config.glue.tasks), workdir / "corpus" / "glue_train.txt")
   config.data.corpus = transfer_corpus(data_dir, glue_file)
   config.data.glue_dir = str(data_dir / "glue")
