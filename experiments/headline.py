@@ -113,7 +113,7 @@ def build_baselines(config, workdir: pathlib.Path, timer: Timer) -> list[str]:
       export.export_student(random_student(teacher.config, arch, config.seed), arch, targets["random"],
                             subspace="random initialisation", **common)
     if not targets["alone"].exists():
-      name = f"alone-{arch.name}"
+      name = "alone-" + arch.name.replace(".", "p")  # config keys cannot hold dots
       alone = copy.deepcopy(config)
       alone.subspaces = {name: {"layers": (arch.layers,), "hidden": (arch.hidden,),
                                 "mlp_ratio": (arch.mlp_ratio,), "heads": (arch.heads,)}}

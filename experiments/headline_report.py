@@ -133,6 +133,10 @@ def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[s
     for kind, name in [("searched", f"{subspace}-{arch.name}")] + [(k, f"{k}-{arch.name}") for k in kinds]:
       models.setdefault(name, {"kind": kind, "budgets": []})["budgets"].append(budget)
   rows = collect(workdir, models, tasks)
+  done = sum(len(r["cells"]) for r in rows)
+  status = ("All cells have run." if done == len(models) * len(tasks) else
+            f"**Partial: {done} of {len(models) * len(tasks)} (model, task) cells have run.** Re-run the "
+            "command to resume; finished cells are kept.")
   figures = out / "figures"
   figures.mkdir(parents=True, exist_ok=True)
   shutil.copy(workdir / "search" / "pareto.png", figures / "headline_pareto.png")
@@ -147,7 +151,7 @@ def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[s
       "```", "",
       f"Hardware: {cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on "
       f"{jax.devices()[0].platform.upper()} ({jax.device_count()} device). No GPU was used.", "",
-      "## Setup", "",
+      status, "", "## Setup", "",
       f"- Teacher: {config.teacher} (6 layers, hidden 384, 12 heads; "
       f"{search['teacher']['flops'] / 1e9:.3f} GFLOPs at sequence length {config.data.seq_len}).",
       "- Transfer set: WikiText-2 valid+test, Tiny Shakespeare and the unlabeled sentences of the five "
