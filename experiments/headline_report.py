@@ -105,7 +105,8 @@ def plot_glue_vs_flops(path: pathlib.Path, rows: list[dict]) -> None:
   ax.set_ylabel("GLUE dev average (5 tasks, mean over seeds)")
   ax.set_title("GLUE average against cost")
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8)
+  if ax.get_legend_handles_labels()[0]:  # nothing to label before the first full row
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
@@ -162,6 +163,9 @@ def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[s
       f"with {t.num_random} random students.",
       "- Search: every student scored on the held-out sequences; "
       f"budgets {', '.join(config.search.budgets)}.",
+      *[f"- Selected under {b}: {r['name']} of {r['subspace']} ({r['flops'] / 1e9:.3f} GFLOPs, "
+        f"{r['params'] / 1e6:.2f}M params, held-out loss {r['loss']:.4g})."
+        for b, r in json.loads((workdir / "search" / "selected.json").read_text()).items()],
       "- Baselines per selected architecture: " + "; ".join(kinds.values()) + f". (c) trains a "
       f"one-student sub-space with the same objective, data and {t.num_steps} steps.",
       f"- GLUE: {', '.join(tasks)} dev; seeds {tuple(g.seeds)}; a seeded {g.max_train_examples}-example "
