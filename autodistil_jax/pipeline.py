@@ -220,8 +220,7 @@ def run_export(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
     selected = json.loads(selected_file.read_text())
     wanted = {}
     for row in selected.values():
-      key = (row["subspace"], Arch(row["layers"], row["hidden"], row["mlp_ratio"], row["heads"]))
-      wanted[key] = row["loss"]
+      wanted[(row["subspace"], Arch.from_row(row))] = row["loss"]
   teacher = load_teacher(config)
   teacher_dir = hf_io.resolve_checkpoint(config.teacher)
   mesh = parallel.make_mesh()
@@ -354,14 +353,15 @@ STAGES = ("train", "search", "export", "finetune")
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
-def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-  """train -> search -> export -> finetune + report. A finished stage leaves a marker and is
-  skipped when the command is run again; an interrupted one resumes (training from its last
-  checkpoint, fine-tuning from the last finished model/task)."""
+def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+               stages: tuple[str, ...] = STAGES):
+  """Runs `stages` (of STAGES) in order. A finished stage leaves a marker and is skipped when the
+  command is run again; an interrupted one resumes (training from its last checkpoint, fine-tuning
+  from the last finished model/task). Returns the last stage run's result (None: all skipped)."""
   workdir = check_workdir(workdir)
-  start = time.perf_counter()
   result = None
-  for i, stage in enumerate(STAGES, 1):
+  for stage in stages:
+    i = STAGES.index(stage) + 1
     marker = workdir / "stages" / f"{stage}.done"
     if marker.is_file():
       print(f"[{i}/{len(STAGES)}] {stage}: done before, skipped")
@@ -375,9 +375,16 @@ def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Pa
       marker.parent.mkdir(parents=True, exist_ok=True)
       marker.write_text(f"{time.perf_counter() - t0:.1f} s\n")
     print(f"[{i}/{len(STAGES)}] {stage}: {time.perf_counter() - t0:.1f} s")
-  print(f"all stages finished in {time.perf_counter() - start:.1f} s; GLUE table: "
-        f"{workdir / 'glue' / 'summary.md'}")
-  return workdir / "glue" / "summary.md" if result is None else result
+  return result
+
+
+def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+  """train -> search -> export -> finetune + report, skipping finished stages (run_stages)."""
+  start = time.perf_counter()
+  result = run_stages(config, workdir)
+  summary = check_workdir(workdir) / "glue" / "summary.md"
+  print(f"all stages finished in {time.perf_counter() - start:.1f} s; GLUE table: {summary}")
+  return summary if result is None else result
 
 
 MODES = {"train": run_train, "search": run_search, "export": run_export, "finetune": run_finetune,

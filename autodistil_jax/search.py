@@ -134,7 +134,7 @@ def select(rows: list[dict], budgets: Sequence[Budget], superlms: dict[str, Bert
         raise ValueError("a latency budget needs the SuperLMs to measure students")
       for row in sorted(rows, key=lambda r: r["loss"])[:max_latency_trials]:
         if "latency_ms" not in row:
-          arch = Arch(row["layers"], row["hidden"], row["mlp_ratio"], row["heads"])
+          arch = Arch.from_row(row)
           row["latency_ms"] = measure_latency_ms(extract_student(superlms[row["subspace"]], arch), *latency)
         if budget.allows(row):
           chosen[budget.text] = row

@@ -42,6 +42,11 @@ class Arch:
     """[layers, hidden, ffn, heads] as int32: the traced form the model consumes."""
     return np.array([self.layers, self.hidden, self.ffn, self.heads], np.int32)
 
+  @classmethod
+  def from_row(cls, row: dict) -> Arch:
+    """The architecture of a search result row (results.csv, selected.json)."""
+    return cls(int(row["layers"]), int(row["hidden"]), float(row["mlp_ratio"]), int(row["heads"]))
+
 
 @dataclasses.dataclass(frozen=True)
 class TeacherShape:
@@ -78,6 +83,11 @@ class SubSpace:
       if len(set(values)) != len(values):
         raise ValueError(f"sub-space {self.name!r}: {field} has repeated values {values}")
       object.__setattr__(self, field, tuple(sorted(values)))
+
+  @classmethod
+  def only(cls, name: str, arch: Arch) -> SubSpace:
+    """The sub-space holding `arch` alone: its SuperLM is that student distilled by itself."""
+    return cls(name, (arch.layers,), (arch.hidden,), (arch.mlp_ratio,), (arch.heads,))
 
   @property
   def largest(self) -> Arch:

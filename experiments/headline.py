@@ -83,25 +83,19 @@ def transfer_corpus(data_dir: pathlib.Path, glue_file: pathlib.Path) -> str:
   return ",".join(str(p) for p in parts)
 
 
-def selected_archs(workdir: pathlib.Path) -> dict[str, tuple[str, object]]:
-  """budget -> (subspace, Arch) of the searched students."""
-  from autodistil_jax.search_space import Arch
-
-  selected = json.loads((workdir / "search" / "selected.json").read_text())
-  return {b: (r["subspace"], Arch(r["layers"], r["hidden"], r["mlp_ratio"], r["heads"]))
-          for b, r in selected.items()}
-
-
-def build_baselines(config, workdir: pathlib.Path, timer: Timer) -> list[str]:
-  """(b), (c) and (d) for every selected architecture, as HF checkpoints under baselines/."""
+def build_baselines(config, workdir: pathlib.Path, timer: Timer, selected: dict[str, dict]) -> list[str]:
+  """(b), (c) and (d) for every selected architecture (`selected`: budget -> search row), as HF
+  checkpoints under baselines/."""
   from autodistil_jax import export, hf_io, parallel, pipeline
+  from autodistil_jax.defaults import subspace_config
   from autodistil_jax.model import random_student
+  from autodistil_jax.search_space import Arch, SubSpace
   from autodistil_jax.train import load_superlm, train_superlm
 
   teacher = pipeline.load_teacher(config)
   teacher_dir = hf_io.resolve_checkpoint(config.teacher)
   mesh = parallel.make_mesh()
-  archs = dict.fromkeys(arch for _, arch in selected_archs(workdir).values())
+  archs = dict.fromkeys(Arch.from_row(row) for row in selected.values())
   common = {"teacher_dir": teacher_dir, "teacher_name": str(config.teacher), "seq_len": config.data.seq_len}
   dirs = []
   for arch in archs:
@@ -115,8 +109,7 @@ def build_baselines(config, workdir: pathlib.Path, timer: Timer) -> list[str]:
     if not targets["alone"].exists():
       name = "alone-" + arch.name.replace(".", "p")  # config keys cannot hold dots
       alone = copy.deepcopy(config)
-      alone.subspaces = {name: {"layers": (arch.layers,), "hidden": (arch.hidden,),
-                                "mlp_ratio": (arch.mlp_ratio,), "heads": (arch.heads,)}}
+      alone.subspaces = {name: subspace_config(SubSpace.only(name, arch))}
       tokens, train_idx, _ = pipeline.load_split_corpus(alone, workdir)
       timer.run(f"train alone {arch.name}", train_superlm, alone, workdir, name, teacher, tokens,
                 train_idx, mesh)
@@ -140,20 +133,16 @@ def main(argv):
   out = pathlib.Path(_OUT.value or workdir)
   timer = Timer(workdir / "headline" / "timing.json")
   if _REPORT_ONLY.value:
-    path = headline_report.write_report(workdir, out, config, timer.times, KINDS, selected_archs(workdir))
+    path = headline_report.write_report(workdir, out, config, timer.times, KINDS)
     print(f"[headline] report (cells run so far): {path}")
     return
   glue_file = write_glue_sentences(data_dir, list(config.glue.tasks), workdir / "corpus" / "glue_train.txt")
   config.data.corpus = transfer_corpus(data_dir, glue_file)
   config.data.glue_dir = str(data_dir / "glue")
-  for stage in ("train", "search", "export"):
-    marker = workdir / "stages" / f"{stage}.done"
-    if not marker.is_file():
-      config.export.overwrite = stage == "export"  # a re-run replaces a half-written export
-      timer.run(stage, pipeline.MODES[stage], config, workdir)
-      marker.parent.mkdir(parents=True, exist_ok=True)
-      marker.write_text("done\n")
-  baselines = build_baselines(config, workdir, timer)
+  for stage in ("train", "search", "export"):  # each skipped once done (its marker)
+    if not (workdir / "stages" / f"{stage}.done").is_file():
+      timer.run(stage, pipeline.run_stages, config, workdir, (stage,))
+  baselines = build_baselines(config, workdir, timer, headline_report.read_selected(workdir))
   config.glue.models = tuple(baselines)
   tasks = list(config.glue.tasks)
   for task in tasks:
@@ -162,7 +151,7 @@ def main(argv):
     timer.run(f"finetune {task}", pipeline.run_finetune, one, workdir)
   models = list(pipeline.finetune_models(config, workdir))
   pipeline.write_summary(workdir, models, tasks)
-  path = headline_report.write_report(workdir, out, config, timer.times, KINDS, selected_archs(workdir))
+  path = headline_report.write_report(workdir, out, config, timer.times, KINDS)
   print(f"[headline] report: {path}")
 
 

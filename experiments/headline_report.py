@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 
 from autodistil_jax import glue
+from autodistil_jax.search_space import Arch
 
 
 def cpu_name() -> str:
@@ -22,6 +23,11 @@ def cpu_name() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def read_selected(workdir: pathlib.Path) -> dict[str, dict]:
+  """budget -> the search's row of the student selected under it."""
+  return json.loads((workdir / "search" / "selected.json").read_text())
 
 
 def per_seed_scores(workdir: pathlib.Path, model: str, task: str) -> dict[int, float] | None:
@@ -74,7 +80,7 @@ def claim(rows: list[dict], budget: str) -> list[str]:
     other = find(kind)
     if other and "average" in other:
       o = other["average"][0]
-      gap = s - other["average"][0]
+      gap = s - o
       noise = np.hypot(searched["average"][1], other["average"][1])
       verdict = "beats" if gap > 0 else "does NOT beat"
       lines.append(f"  - {verdict} {kind} ({o:.1f}): {gap:+.1f} points (seed std of the difference "
@@ -125,13 +131,16 @@ def table(rows: list[dict], tasks: list[str]) -> list[str]:
 
 
 def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[str, float],
-                 kinds: dict[str, str], selected: dict[str, tuple]) -> pathlib.Path:
+                 kinds: dict[str, str]) -> pathlib.Path:
   import jax
 
   tasks = list(config.glue.tasks)
+  selected = read_selected(workdir)
   models = {"teacher": {"kind": "teacher", "budgets": []}}
-  for budget, (subspace, arch) in selected.items():  # two budgets may select the same student
-    for kind, name in [("searched", f"{subspace}-{arch.name}")] + [(k, f"{k}-{arch.name}") for k in kinds]:
+  for budget, row in selected.items():  # two budgets may select the same student
+    arch = Arch.from_row(row)
+    names = {"searched": f"{row['subspace']}-{arch.name}", **{k: f"{k}-{arch.name}" for k in kinds}}
+    for kind, name in names.items():
       models.setdefault(name, {"kind": kind, "budgets": []})["budgets"].append(budget)
   rows = collect(workdir, models, tasks)
   done = sum(len(r["cells"]) for r in rows)
@@ -165,7 +174,7 @@ def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[s
       f"budgets {', '.join(config.search.budgets)}.",
       *[f"- Selected under {b}: {r['name']} of {r['subspace']} ({r['flops'] / 1e9:.3f} GFLOPs, "
         f"{r['params'] / 1e6:.2f}M params, held-out loss {r['loss']:.4g})."
-        for b, r in json.loads((workdir / "search" / "selected.json").read_text()).items()],
+        for b, r in selected.items()],
       "- Baselines per selected architecture: " + "; ".join(kinds.values()) + f". (c) trains a "
       f"one-student sub-space with the same objective, data and {t.num_steps} steps.",
       f"- GLUE: {', '.join(tasks)} dev; seeds {tuple(g.seeds)}; a seeded {g.max_train_examples}-example "

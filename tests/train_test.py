@@ -9,8 +9,10 @@ import pytest
 from flax import nnx
 
 from autodistil_jax import data, parallel, train
+from autodistil_jax.defaults import subspace_config
 from autodistil_jax.metrics import read_metrics
 from autodistil_jax.model import get_params, init_superlm
+from autodistil_jax.search_space import SubSpace
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -118,8 +120,7 @@ def test_metrics_are_logged(teacher, corpus, tmp_path):
 def test_one_student_subspace_is_distilled_alone(teacher, corpus, tmp_path):
   config = tiny_config(num_steps=3, log_every=1)
   arch = train.subspace_from_config("mini", config.subspaces["mini"]).largest
-  config.subspaces["alone"] = {"layers": (arch.layers,), "hidden": (arch.hidden,),
-                               "mlp_ratio": (arch.mlp_ratio,), "heads": (arch.heads,)}
+  config.subspaces["alone"] = subspace_config(SubSpace.only("alone", arch))
   space = train.subspace_from_config("alone", config.subspaces["alone"])
   assert train.sandwich_archs(space, 0, 5, config.train.num_random).tolist() == [list(arch.as_array())]
   params = train.train_superlm(config, tmp_path, "alone", teacher, *corpus, parallel.make_mesh())
