@@ -38,6 +38,7 @@ def _cfg(pad_multiple, dropout=0.1):
                                     "dropout": dropout, "pad_multiple": pad_multiple})
 
 
+@pytest.mark.slow  # two fine-tuning runs: in the slow CI step, keeping the default run under 15 min
 def test_cut_padding_changes_nothing_without_dropout(teacher, sst2):
   task, train, dev = sst2
   mesh = parallel.make_mesh()
