@@ -42,14 +42,13 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointSave(iterator)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-  def restore(self, like: dict, iterator: grain.DatasetIterator | None = None,
-              step: int | None = None) -> tuple[int, dict] | None:
-    """(step, state) of the latest readable (or the given) checkpoint, shaped and sharded like
-    `like`; the iterator is moved to where it was. None when there is no checkpoint.
+  def restore(self, like: dict, iterator: grain.DatasetIterator | None = None) -> tuple[int, dict] | None:
+    """(step, state) of the latest readable checkpoint, shaped and sharded like `like`; the
+    iterator is moved to where it was. None when there is no checkpoint.
 
     An unreadable latest checkpoint is moved aside with a warning and the one before it is tried.
     """
-    steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
+    steps = sorted(self._manager.all_steps(), reverse=True)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     failures = []
     for candidate in steps:
@@ -60,8 +59,6 @@ class Checkpointer:
         restored = self._manager.restore(candidate, args=ocp.args.Composite(**items))
       except Exception as e:  # orbax/tensorstore raise many types for unreadable files
         failures.append(f"step {candidate}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        if step is not None:
-          break
         _silence_orphaned_reads()
         logging.warning("checkpoint at step %d in %s is unreadable (%s); moved aside, trying the "
                         "previous one", candidate, self.directory, failures[-1])
