@@ -286,6 +286,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
         keep = np.random.default_rng(config.seed).permutation(len(train["labels"]))[:g.max_train_examples]
         train = {k: v[np.sort(keep)] for k, v in train.items()}
       dev = {s: glue.encode(splits[task.name][s], tokenizer, g.seq_len) for s in task.dev_splits}
+      start = time.perf_counter()
       runs = [finetune.finetune(encoder, task, train, dev, g, lr, seed, mesh,
                                 desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
               for lr in g.learning_rates for seed in g.seeds]
@@ -299,6 +300,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
                                      encoder.config.pooler), "best_lr": best_lr,
                 "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
                 "train_examples": int(len(train["labels"])),
+                "seconds": round(time.perf_counter() - start, 1),  # every run, compiles included
                 "runs": [dataclasses.asdict(r) for r in runs]}
       if jax.process_index() == 0:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,12 @@ def collect(workdir: pathlib.Path, models: dict[str, dict], tasks: list[str]) ->
     if first is None:
       continue
     meta = json.loads(first.read_text())
-    row = {"model": model, **role, "params": meta["params"], "gflops": meta["flops"] / 1e9, "cells": {}}
+    row = {"model": model, **role, "params": meta["params"], "gflops": meta["flops"] / 1e9, "cells": {},
+           "seconds": {}}
+    for t in tasks:  # wall time per cell, where results.json records it
+      path = workdir / "glue" / model / t / "results.json"
+      if cells[t] is not None and "seconds" in (result := json.loads(path.read_text())):
+        row["seconds"][t] = result["seconds"]
     for t, scores in cells.items():
       if scores:
         v = np.array(list(scores.values()))
@@ -130,6 +135,19 @@ def table(rows: list[dict], tasks: list[str]) -> list[str]:
   return lines
 
 
+def finetune_times(rows: list[dict], tasks: list[str], seeds) -> list[str]:
+  """Per (model, task) cell: seconds for all its seeds, compiles and dev evaluations included."""
+  lines = [f"Fine-tuning, per cell ({len(seeds)} seeds, compilation and dev evaluation included; — "
+           "where the cell ran before cells recorded their time, or has not run):", "",
+           "| model | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+  for r in rows:
+    lines.append(f"| {r['model']} | " + " | ".join(f"{r['seconds'][t]:.0f}" if t in r["seconds"] else "—"
+                                                 for t in tasks) + " |")
+  timed = sum(sum(r["seconds"].values()) for r in rows)
+  count = sum(len(r["seconds"]) for r in rows)
+  return lines + ["", f"{count} timed cells: {timed:.0f} s ({timed / 60:.0f} min) in all.", ""]
+
+
 def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[str, float],
                  kinds: dict[str, str]) -> pathlib.Path:
   import jax
@@ -192,9 +210,13 @@ def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[s
       "![Pareto front](figures/headline_pareto.png)", "",
       "![GLUE average against FLOPs](figures/headline_glue_vs_flops.png)", "",
       "## Wall times", "",
+      "Per stage of `experiments/headline.py` (resumed runs add up; a `finetune <task>` entry holds "
+      "the passes over that task that ran to their end, the cells of an interrupted pass are only "
+      "in the per-cell table below):", "",
       "| stage | seconds |", "|---|---|",
       *[f"| {k} | {v:.0f} |" for k, v in times.items()],
       f"| **total** | **{total:.0f}** ({total / 60:.0f} min) |", "",
+      *finetune_times(rows, tasks, g.seeds),
   ]
   path = out / "results.md"
   path.write_text("\n".join(lines) + "\n", encoding="utf-8")
