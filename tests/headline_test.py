@@ -22,6 +22,10 @@ def test_headline_experiment_runs_and_reports(data_dir, tmp_path):
   kinds = [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| ") and " ± " in line]
   assert [k.split(" ")[0] for k in kinds] == ["teacher", "searched", "sliced", "alone", "random"]
   assert ("holds" in report or "does NOT hold" in report) and "(b) sliced from the teacher" in report
+  assert "5 timed cells:" in report
   assert (tmp_path / "docs" / "figures" / "headline_glue_vs_flops.png").stat().st_size > 10_000
+  # The claim's cells run first: (c) "alone" is fine-tuned last.
+  order = [line.split(" ")[0].split("-")[0] for line in done.stdout.splitlines() if " rte: " in line]
+  assert order[0] == "teacher" and order[-1] == "alone" and sorted(order[2:4]) == ["random", "sliced"]
   again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # all done: skipped
   assert again.returncode == 0 and "train alone" not in again.stdout and "[headline] report" in again.stdout

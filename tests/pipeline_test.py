@@ -45,7 +45,7 @@ def test_train_search_export(data_dir, tmp_path):
   assert summary[0] == "| model | params | GFLOPs | rte | stsb | avg |"
   assert summary[2].startswith("| teacher | 22.71M |") and len(summary) == 2 + 1 + len(exported)
   result = json.loads((tmp_path / "glue" / "teacher" / "rte" / "results.json").read_text())
-  assert result["train_examples"] == 32 and 0 <= result["score_mean"] <= 1
+  assert result["train_examples"] == 32 and 0 <= result["score_mean"] <= 1 and result["seconds"] > 0
   assert set(result["runs"][0]["best"]["dev"]) == {"accuracy"}
 
   # --mode=all over the finished work: every stage runs once, then a re-run skips them all.
