@@ -88,8 +88,10 @@ def claim(rows: list[dict], budget: str) -> list[str]:
       gap = s - o
       noise = np.hypot(searched["average"][1], other["average"][1])
       verdict = "beats" if gap > 0 else "does NOT beat"
+      wins = [t for t in searched["cells"] if searched["cells"][t][0] > other["cells"][t][0]]
       lines.append(f"  - {verdict} {kind} ({o:.1f}): {gap:+.1f} points (seed std of the difference "
-                   f"~{noise:.1f})")
+                   f"~{noise:.1f}); higher on {len(wins)} of {len(searched['cells'])} tasks"
+                   f"{' (' + ', '.join(wins) + ')' if wins else ''}")
   return lines
 
 

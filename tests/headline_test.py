@@ -22,7 +22,7 @@ def test_headline_experiment_runs_and_reports(data_dir, tmp_path):
   kinds = [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| ") and " ± " in line]
   assert [k.split(" ")[0] for k in kinds] == ["teacher", "searched", "sliced", "alone", "random"]
   assert ("holds" in report or "does NOT hold" in report) and "(b) sliced from the teacher" in report
-  assert "5 timed cells:" in report
+  assert "5 timed cells:" in report and "of 1 tasks" in report  # per-task wins in the verdict
   assert (tmp_path / "docs" / "figures" / "headline_glue_vs_flops.png").stat().st_size > 10_000
   # The claim's cells run first; (c) is distilled only after them and is fine-tuned last.
   lines = done.stdout.splitlines()
