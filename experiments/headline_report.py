@@ -81,6 +81,9 @@ def claim(rows: list[dict], budget: str) -> list[str]:
   lines = [f"- {budget}: the searched student ({searched['gflops'] / teacher['gflops']:.0%} of the "
            f"teacher's FLOPs) averages {s:.1f} = {s / t:.1%} of the teacher's {t:.1f}: "
            f"{'holds' if s >= 0.95 * t else 'does NOT hold'} (>= 95%)."]
+  kept = [f"{task} {searched['cells'][task][0] / score[0]:.0%}" if score[0] > 0
+          else f"{task} — (teacher {score[0]:.1f})" for task, score in teacher["cells"].items()]
+  lines.append(f"  - per task, the searched student keeps: {', '.join(kept)} of the teacher's score")
   for kind in ("sliced", "alone", "random"):
     other = find(kind)
     if other and "average" in other:
