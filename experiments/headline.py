@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
+import shlex
 import sys
 import time
 
@@ -121,6 +122,12 @@ def build_baselines(config, workdir: pathlib.Path, timer: Timer, selected: dict[
   return dirs
 
 
+def invocation() -> str:
+  """The command as run, less --report_only: what resumes (and rewrites) this experiment."""
+  args = [a for a in sys.argv[1:] if a not in ("--report_only", "--report_only=true")]
+  return shlex.join(["python", "experiments/headline.py", *args])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -137,7 +144,7 @@ def main(argv):
   out = pathlib.Path(_OUT.value or workdir)
   timer = Timer(workdir / "headline" / "timing.json")
   if _REPORT_ONLY.value:
-    path = headline_report.write_report(workdir, out, config, timer.times, KINDS)
+    path = headline_report.write_report(workdir, out, config, timer.times, KINDS, invocation())
     print(f"[headline] report (cells run so far): {path}")
     return
   glue_file = write_glue_sentences(data_dir, list(config.glue.tasks), workdir / "corpus" / "glue_train.txt")
@@ -167,7 +174,7 @@ def main(argv):
   config.glue.models = tuple(baselines)
   models = list(pipeline.finetune_models(config, workdir))
   pipeline.write_summary(workdir, models, tasks)
-  path = headline_report.write_report(workdir, out, config, timer.times, KINDS)
+  path = headline_report.write_report(workdir, out, config, timer.times, KINDS, invocation())
   print(f"[headline] report: {path}")
 
 

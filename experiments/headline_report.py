@@ -154,7 +154,8 @@ def finetune_times(rows: list[dict], tasks: list[str], seeds) -> list[str]:
 
 
 def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[str, float],
-                 kinds: dict[str, str]) -> pathlib.Path:
+                 kinds: dict[str, str], command: str) -> pathlib.Path:
+  """<out>/results.md and <out>/figures/; `command` is the one that ran (and resumes) the experiment."""
   import jax
 
   tasks = list(config.glue.tasks)
@@ -179,11 +180,12 @@ def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[s
   total = sum(times.values())
   lines = [
       "# Results: AutoDistil against the teacher and three baselines on GLUE (issue 8)", "",
-      "Produced by `experiments/headline.py` (config `configs/headline.py`); regenerate with:", "",
-      "```", "python experiments/headline.py --workdir=runs/headline --data_dir=../shared/data --out=docs",
-      "```", "",
+      "Produced by `experiments/headline.py` (default config `configs/headline.py`); resume or regenerate "
+      "with:", "",
+      "```", command, "```", "",
       f"Hardware: {cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on "
-      f"{jax.devices()[0].platform.upper()} ({jax.device_count()} device). No GPU was used.", "",
+      f"{jax.devices()[0].platform.upper()} ({jax.device_count()} device)"
+      f"{'. No GPU was used.' if jax.devices()[0].platform == 'cpu' else '.'}", "",
       status, "", "## Setup", "",
       f"- Teacher: {config.teacher} (6 layers, hidden 384, 12 heads; "
       f"{search['teacher']['flops'] / 1e9:.3f} GFLOPs at sequence length {config.data.seq_len}).",

@@ -18,7 +18,7 @@ def test_headline_experiment_runs_and_reports(data_dir, tmp_path):
   done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
   assert done.returncode == 0, done.stderr[-3000:]
   report = (tmp_path / "docs" / "results.md").read_text()
-  assert "All cells have run." in report
+  assert "All cells have run." in report and "--config.glue.seeds=(0,1)" in report  # the command as run
   kinds = [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| ") and " ± " in line]
   assert [k.split(" ")[0] for k in kinds] == ["teacher", "searched", "sliced", "alone", "random"]
   assert ("holds" in report or "does NOT hold" in report) and "(b) sliced from the teacher" in report
