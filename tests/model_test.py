@@ -47,7 +47,9 @@ def test_superlm_holds_only_its_subspace(teacher):
   np.testing.assert_array_equal(sup.layers.ffn_in_kernel[3], teacher.layers.ffn_in_kernel[3][:112, :392])
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "base"])
+# base in the default run; tiny and small (about 50 s each on 2 cores) in the slow step.
+@pytest.mark.parametrize("name", [pytest.param("tiny", marks=pytest.mark.slow),
+                                  pytest.param("small", marks=pytest.mark.slow), "base"])
 def test_extracted_student_equals_masked_superlm(teacher, name):
   space = _subspaces(teacher)[name]
   sup = M.init_superlm(teacher, space)
