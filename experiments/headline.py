@@ -86,17 +86,16 @@ def transfer_corpus(data_dir: pathlib.Path, glue_file: pathlib.Path) -> str:
   return ",".join(str(p) for p in parts)
 
 
-def build_baselines(config, workdir: pathlib.Path, timer: Timer, selected: dict[str, dict],
+def build_baselines(config, workdir: pathlib.Path, timer: Timer, teacher, selected: dict[str, dict],
                     kinds: tuple[str, ...] = tuple(KINDS)) -> list[str]:
   """The baselines `kinds` ((b) sliced, (c) alone, (d) random) of every selected architecture
-  (`selected`: budget -> search row), as HF checkpoints under baselines/."""
+  (`selected`: budget -> search row), as HF checkpoints under baselines/; those present are kept."""
   from autodistil_jax import export, hf_io, parallel, pipeline
   from autodistil_jax.defaults import subspace_config
   from autodistil_jax.model import random_student
   from autodistil_jax.search_space import Arch, SubSpace
   from autodistil_jax.train import load_superlm, train_superlm
 
-  teacher = pipeline.load_teacher(config)
   teacher_dir = hf_io.resolve_checkpoint(config.teacher)
   mesh = parallel.make_mesh()
   archs = dict.fromkeys(Arch.from_row(row) for row in selected.values())
@@ -105,12 +104,13 @@ def build_baselines(config, workdir: pathlib.Path, timer: Timer, selected: dict[
   for arch in archs:
     targets = {kind: workdir / "baselines" / f"{kind}-{arch.name}" for kind in kinds}
     dirs += [str(t) for t in targets.values()]
-    if "sliced" in targets and not targets["sliced"].exists():
-      export.export_student(teacher, arch, targets["sliced"], subspace="sliced from the teacher", **common)
-    if "random" in targets and not targets["random"].exists():
-      export.export_student(random_student(teacher.config, arch, config.seed), arch, targets["random"],
+    missing = {kind: target for kind, target in targets.items() if not target.exists()}
+    if "sliced" in missing:
+      export.export_student(teacher, arch, missing["sliced"], subspace="sliced from the teacher", **common)
+    if "random" in missing:
+      export.export_student(random_student(teacher.config, arch, config.seed), arch, missing["random"],
                             subspace="random initialisation", **common)
-    if "alone" in targets and not targets["alone"].exists():
+    if "alone" in missing:
       name = "alone-" + arch.name.replace(".", "p")  # config keys cannot hold dots
       alone = copy.deepcopy(config)
       alone.subspaces = {name: subspace_config(SubSpace.only(name, arch))}
@@ -118,13 +118,13 @@ def build_baselines(config, workdir: pathlib.Path, timer: Timer, selected: dict[
       timer.run(f"train alone {arch.name}", train_superlm, alone, workdir, name, teacher, tokens,
                 train_idx, mesh)
       student = load_superlm(alone, workdir, name, teacher, mesh)[0]
-      export.export_student(student, arch, targets["alone"], subspace="distilled alone", **common)
+      export.export_student(student, arch, missing["alone"], subspace="distilled alone", **common)
   return dirs
 
 
 def invocation() -> str:
   """The command as run, less --report_only: what resumes (and rewrites) this experiment."""
-  args = [a for a in sys.argv[1:] if a not in ("--report_only", "--report_only=true")]
+  args = [a for a in sys.argv[1:] if a.lstrip("-").split("=")[0] != "report_only"]
   return shlex.join(["python", "experiments/headline.py", *args])
 
 
@@ -159,7 +159,8 @@ def main(argv):
   # the first budget's student. A run cut short still gives the verdict; then (c), which needs its
   # own distillation runs, and all the rest.
   first = Arch.from_row(selected[config.search.budgets[0]]).name
-  quick = build_baselines(config, workdir, timer, selected, ("sliced", "random"))
+  teacher = pipeline.load_teacher(config)  # once, for both calls of build_baselines
+  quick = build_baselines(config, workdir, timer, teacher, selected, ("sliced", "random"))
   claim_models = tuple(d for d in quick if pathlib.Path(d).name in (f"sliced-{first}", f"random-{first}"))
 
   def finetune(models: tuple[str, ...]) -> None:
@@ -169,7 +170,7 @@ def main(argv):
       timer.run(f"finetune {task}", pipeline.run_finetune, one, workdir)
 
   finetune(claim_models)
-  baselines = build_baselines(config, workdir, timer, selected)
+  baselines = build_baselines(config, workdir, timer, teacher, selected)
   finetune(tuple(baselines))
   config.glue.models = tuple(baselines)
   models = list(pipeline.finetune_models(config, workdir))
