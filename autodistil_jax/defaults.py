@@ -69,12 +69,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.glue.batch_size = 32
   c.glue.eval_batch_size = 128
   c.glue.epochs = 20
+  c.glue.warmup_ratio = 0.1  # linear warmup over this share of the steps, then linear decay
   c.glue.seq_len = 128
   c.glue.pad_multiple = 16  # each batch is cut to its longest row, rounded up to this (0: seq_len)
   c.glue.dropout = 0.1
   c.glue.max_train_examples = 0  # 0: all; else a seeded subset (for quick runs)
   c.glue.include_teacher = True
   c.glue.models = ()  # further HF BERT directories to fine-tune beside the exports
+
+  c.evaluate = ml_collections.ConfigDict()  # the task-agnostic suite (evaluate.py, docs/evaluation.md)
+  c.evaluate.pooling = ""  # "": the teacher's sentence-transformers pooling (mean if it declares none)
+  c.evaluate.probe_tasks = ("sst2", "mrpc", "rte", "cola")  # frozen-feature probes, GLUE TSV under glue_dir
+  c.evaluate.probe_train_examples = 2000  # seeded subset of each probe's training set (0: all)
+  c.evaluate.sts_examples = 0  # 0: all of STS-B dev; else a seeded subset
+  c.evaluate.seq_len = 128  # sentences are truncated to this many tokens
+  c.evaluate.batch_size = 64  # sentences per forward
+  c.evaluate.students_per_call = 8  # students of one SuperLM embedded side by side (vmap)
+  c.evaluate.baselines = True  # also score each evaluated arch sliced from the teacher and random
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator = ""  # host:port; empty: auto-detected on TPU pods / SLURM

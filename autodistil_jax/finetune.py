@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +22,9 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from autodistil_jax import glue, parallel
-from autodistil_jax.model import BertEncoder, EncoderConfig, get_params
+from autodistil_jax import data, glue, hf_io, parallel
+from autodistil_jax.model import BertEncoder, EncoderConfig, count_params, get_params
+from autodistil_jax.search_space import exact_flops
 
 
 def init_head(hidden: int, num_labels: int, seed: int) -> dict:
@@ -27,20 +32,28 @@ def init_head(hidden: int, num_labels: int, seed: int) -> dict:
   return {"kernel": kernel, "bias": jnp.zeros((num_labels,), jnp.float32)}
 
 
-def make_optimizer(learning_rate: float, total_steps: int) -> optax.GradientTransformation:
-  """AdamW without weight decay, linear decay from the peak to zero over the run."""
-  return optax.adamw(optax.linear_schedule(learning_rate, 0.0, total_steps), b1=0.9, b2=0.999,
-                     eps=1e-8, weight_decay=0.0)
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+  """Warmup length as transformers computes it from a ratio (ceil), so both runs match."""
+  return int(np.ceil(total_steps * warmup_ratio))
+
+
+def make_optimizer(learning_rate: float, total_steps: int, warmup: int = 0) -> optax.GradientTransformation:
+  """AdamW without weight decay: linear warmup from 0 over `warmup` steps, then linear decay to
+  zero at `total_steps` (transformers' get_linear_schedule_with_warmup, step for step)."""
+  decay = optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1))
+  schedule = decay if warmup == 0 else optax.join_schedules(
+      [optax.linear_schedule(0.0, learning_rate, warmup), decay], [warmup])
+  return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
 
 
 @functools.lru_cache(maxsize=64)
 def make_functions(encoder_config: EncoderConfig, task: glue.Task, learning_rate: float, total_steps: int,
-                   dropout: float, mesh: jax.sharding.Mesh, dtype=jnp.float32):
+                   warmup: int, dropout: float, mesh: jax.sharding.Mesh, dtype=jnp.float32):
   """Jitted (train_step, predict) for an encoder of `encoder_config` + a head, batch sharded over
   the mesh. Cached: every seed, and every model of the same architecture (a searched student and
   its baselines), reuses one compilation per input shape."""
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: BertEncoder(encoder_config, rngs=nnx.Rngs(0))))
-  optimizer = make_optimizer(learning_rate, total_steps)
+  optimizer = make_optimizer(learning_rate, total_steps, warmup)
 
   def logits_fn(params, batch, rng):
     out = nnx.merge(graphdef, params["encoder"])(
@@ -84,7 +97,7 @@ def trim_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.nd
   return {k: v[:, :keep] if v.ndim == 2 and v.shape[1] == length else v for k, v in batch.items()}
 
 
-def _batches(features: dict[str, np.ndarray], batch_size: int, order: np.ndarray | None = None,
+def batches(features: dict[str, np.ndarray], batch_size: int, order: np.ndarray | None = None,
              drop_last: bool = True, pad_multiple: int = 0):
   n = len(features["labels"])
   order = np.arange(n) if order is None else order
@@ -117,8 +130,10 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
   if steps_per_epoch == 0:
     raise ValueError(f"{task.name}: {len(train['labels'])} training examples are fewer than one "
                      f"batch of {cfg.batch_size}")
-  optimizer, train_step, predict = make_functions(encoder.config, task, float(learning_rate),
-                                                  steps_per_epoch * cfg.epochs, float(cfg.dropout), mesh)
+  total = steps_per_epoch * cfg.epochs
+  optimizer, train_step, predict = make_functions(
+      encoder.config, task, float(learning_rate), total, warmup_steps(total, cfg.warmup_ratio),
+      float(cfg.dropout), mesh)
   params = {"encoder": get_params(encoder),
             "head": init_head(encoder.config.hidden, task.num_labels, seed)}
   # A copy: the step donates its parameters, and the encoder's own arrays must survive this run.
@@ -131,7 +146,7 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
              disable=jax.process_index() != 0, dynamic_ncols=True)
   step = 0
   for _ in range(cfg.epochs):
-    for batch, _ in _batches(train, cfg.batch_size, rng.permutation(len(train["labels"])),
+    for batch, _ in batches(train, cfg.batch_size, rng.permutation(len(train["labels"])),
                              pad_multiple=cfg.pad_multiple):
       params, opt_state, _ = train_step(params, opt_state, parallel.global_batch_from_full(mesh, batch),
                                         jax.random.fold_in(base_key, step))
@@ -140,7 +155,7 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
     scores = {}
     for split, features in dev.items():
       preds = [np.asarray(predict(params, parallel.global_batch_from_full(mesh, b)))[:n]
-               for b, n in _batches(features, cfg.eval_batch_size, drop_last=False,
+               for b, n in batches(features, cfg.eval_batch_size, drop_last=False,
                                          pad_multiple=cfg.pad_multiple)]
       scores[split] = glue.compute_metrics(task, np.concatenate(preds), features["labels"])
     epochs.append(scores)
@@ -149,3 +164,105 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
       best_epoch, best_score = len(epochs) - 1, score
   bar.close()
   return RunResult(learning_rate, seed, best_epoch, epochs[best_epoch], epochs)
+def finetune_models(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, str]:
+  """name -> checkpoint: the teacher first, then every export, then config.glue.models."""
+  models = {"teacher": str(config.teacher)} if config.glue.include_teacher else {}
+  export_dir = workdir / "export"
+  if export_dir.is_dir():
+    models.update({p.name: str(p) for p in sorted(export_dir.iterdir())
+                   if p.is_dir() and not p.name.startswith(".")})
+  for path in config.glue.models:
+    models[Path(path).name] = str(path)
+  if not models:
+    raise ValueError("nothing to fine-tune: no export in the workdir, config.glue.include_teacher "
+                     "is off and config.glue.models is empty")
+  return models
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+  """Fine-tunes every model on every task of config.glue.tasks; results.json per (model, task),
+  skipping those already done, then the summary table."""
+  g = config.glue
+  if not config.data.glue_dir:
+    raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root, "
+                     "or tfds: for tensorflow-datasets)")
+  tasks = [glue.get_task(t) for t in g.tasks]
+  mesh = parallel.make_mesh()
+  models = finetune_models(config, workdir)
+  splits = {t.name: {"train": glue.read_split(t, config.data.glue_dir, "train"),
+                     **{s: glue.read_split(t, config.data.glue_dir, s) for s in t.dev_splits}}
+            for t in tasks}
+  for model_name, checkpoint in models.items():
+    encoder = hf_io.load_bert(checkpoint)
+    tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(checkpoint))
+    for task in tasks:
+      out = workdir / "glue" / model_name / task.name / "results.json"
+      if out.is_file():
+        continue
+      train = glue.encode(splits[task.name]["train"], tokenizer, g.seq_len)
+      if g.max_train_examples:
+        keep = np.random.default_rng(config.seed).permutation(len(train["labels"]))[:g.max_train_examples]
+        train = {k: v[np.sort(keep)] for k, v in train.items()}
+      dev = {s: glue.encode(splits[task.name][s], tokenizer, g.seq_len) for s in task.dev_splits}
+      start = time.perf_counter()
+      runs = [finetune(encoder, task, train, dev, g, lr, seed, mesh,
+                                desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
+              for lr in g.learning_rates for seed in g.seeds]
+      by_lr = {lr: [glue.main_score(task, next(iter(r.best.values()))) for r in runs
+                    if r.learning_rate == lr] for lr in g.learning_rates}
+      best_lr = max(by_lr, key=lambda lr: np.mean(by_lr[lr]))
+      scores = by_lr[best_lr]
+      result = {"model": model_name, "checkpoint": checkpoint, "task": task.name,
+                "params": count_params(encoder),
+                "flops": exact_flops(encoder.config.full_arch(), g.seq_len, encoder.config.head_size,
+                                     encoder.config.pooler), "best_lr": best_lr,
+                "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
+                "train_examples": int(len(train["labels"])),
+                "seconds": round(time.perf_counter() - start, 1),  # every run, compiles included
+                "runs": [dataclasses.asdict(r) for r in runs]}
+      if jax.process_index() == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)
+        print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
+              f"(+-{100 * result['score_std']:.1f}, lr {best_lr:g})")
+  return write_summary(workdir, list(models), [t.name for t in tasks])
+
+
+def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
+  """<workdir>/glue/summary.csv and summary.md: model, params, FLOPs, a column per task, average."""
+  import csv
+
+  rows = []
+  for model in models:
+    results = {}
+    for task in tasks:
+      path = workdir / "glue" / model / task / "results.json"
+      if path.is_file():
+        results[task] = json.loads(path.read_text())
+    if not results:
+      continue
+    first = next(iter(results.values()))
+    row = {"model": model, "params": first["params"], "gflops": first["flops"] / 1e9}
+    for task in tasks:
+      row[task] = 100 * results[task]["score_mean"] if task in results else float("nan")
+      row[f"{task}_std"] = 100 * results[task]["score_std"] if task in results else float("nan")
+    row["average"] = float(np.mean([row[t] for t in tasks]))
+    rows.append(row)
+  out = workdir / "glue"
+  out.mkdir(parents=True, exist_ok=True)
+  with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
+    writer.writeheader()
+    writer.writerows(rows)
+  lines = ["| model | params | GFLOPs | " + " | ".join(tasks) + " | avg |",
+           "|---" * (len(tasks) + 4) + "|"]
+  for r in rows:
+    cells = [f"{r[t]:.1f} ± {r[t + '_std']:.1f}" for t in tasks]
+    lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['gflops']:.3f} | "
+                 + " | ".join(cells) + f" | {r['average']:.1f} |")
+  (out / "summary.md").write_text("\n".join(lines) + "\n")
+  if jax.process_index() == 0:
+    print("\n".join(lines))
+  return out / "summary.md"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -16,8 +15,8 @@ from tqdm import tqdm
 
 from autodistil_jax import atomic, data, export, hf_io, parallel, search
 from autodistil_jax.metrics import read_metrics
-from autodistil_jax.model import BertEncoder, count_params, get_params
-from autodistil_jax.search_space import Arch, Vocab, exact_flops
+from autodistil_jax.model import BertEncoder, get_params
+from autodistil_jax.search_space import Arch, Vocab
 from autodistil_jax.train import DTYPES, load_superlm, subspace_from_config, train_superlm
 
 
@@ -243,114 +242,52 @@ def run_export(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
   return targets
 
 
-def finetune_models(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, str]:
-  """name -> checkpoint: the teacher first, then every export, then config.glue.models."""
-  models = {"teacher": str(config.teacher)} if config.glue.include_teacher else {}
-  export_dir = workdir / "export"
-  if export_dir.is_dir():
-    models.update({p.name: str(p) for p in sorted(export_dir.iterdir())
-                   if p.is_dir() and not p.name.startswith(".")})
-  for path in config.glue.models:
-    models[Path(path).name] = str(path)
-  if not models:
-    raise ValueError("nothing to fine-tune: no export in the workdir, config.glue.include_teacher "
-                     "is off and config.glue.models is empty")
-  return models
-
-
 def run_finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-  """Fine-tunes every model on every task of config.glue.tasks; results.json per (model, task),
-  skipping those already done, then the summary table."""
-  from autodistil_jax import finetune, glue
+  """Fine-tunes the teacher, every export and config.glue.models on config.glue.tasks."""
+  from autodistil_jax import finetune
+
+  return finetune.run_stage(config, check_workdir(workdir))
+
+
+def run_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+  """The task-agnostic suite (evaluate.py) on the teacher, every export (the selected students
+  not exported are scored inside their SuperLM) and, per architecture, the same student sliced
+  from the teacher and randomly initialised; writes <workdir>/evaluate/ and the export cards."""
+  from autodistil_jax import evaluate, evaluate_report, measures
 
   workdir = check_workdir(workdir)
-  g = config.glue
   if not config.data.glue_dir:
-    raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root, "
-                     "or tfds: for tensorflow-datasets)")
-  tasks = [glue.get_task(t) for t in g.tasks]
+    raise ValueError("config.data.glue_dir is not set: the suite reads STS-B dev and the probe tasks "
+                     "from it; pass --config.data.glue_dir=PATH (the GLUE TSV root)")
+  teacher = load_teacher(config)
+  teacher_dir = hf_io.resolve_checkpoint(config.teacher)
+  settings = evaluate.SuiteSettings.from_config(config, measures.read_pooling(teacher_dir))
+  exports = {p.name: p for p in sorted((workdir / "export").glob("*"))
+             if p.is_dir() and not p.name.startswith(".")}
+  selected_file = workdir / "search" / "selected.json"
+  selected = json.loads(selected_file.read_text()).values() if selected_file.is_file() else []
+  not_exported: dict[str, list[Arch]] = {}
+  for row in selected:
+    if f"{row['subspace']}-{row['name']}" not in exports:
+      not_exported.setdefault(row["subspace"], []).append(Arch.from_row(row))
   mesh = parallel.make_mesh()
-  models = finetune_models(config, workdir)
-  splits = {t.name: {"train": glue.read_split(t, config.data.glue_dir, "train"),
-                     **{s: glue.read_split(t, config.data.glue_dir, s) for s in t.dev_splits}}
-            for t in tasks}
-  for model_name, checkpoint in models.items():
-    encoder = hf_io.load_bert(checkpoint)
-    tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(checkpoint))
-    for task in tasks:
-      out = workdir / "glue" / model_name / task.name / "results.json"
-      if out.is_file():
-        continue
-      train = glue.encode(splits[task.name]["train"], tokenizer, g.seq_len)
-      if g.max_train_examples:
-        keep = np.random.default_rng(config.seed).permutation(len(train["labels"]))[:g.max_train_examples]
-        train = {k: v[np.sort(keep)] for k, v in train.items()}
-      dev = {s: glue.encode(splits[task.name][s], tokenizer, g.seq_len) for s in task.dev_splits}
-      start = time.perf_counter()
-      runs = [finetune.finetune(encoder, task, train, dev, g, lr, seed, mesh,
-                                desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
-              for lr in g.learning_rates for seed in g.seeds]
-      by_lr = {lr: [glue.main_score(task, next(iter(r.best.values()))) for r in runs
-                    if r.learning_rate == lr] for lr in g.learning_rates}
-      best_lr = max(by_lr, key=lambda lr: np.mean(by_lr[lr]))
-      scores = by_lr[best_lr]
-      result = {"model": model_name, "checkpoint": checkpoint, "task": task.name,
-                "params": count_params(encoder),
-                "flops": exact_flops(encoder.config.full_arch(), g.seq_len, encoder.config.head_size,
-                                     encoder.config.pooler), "best_lr": best_lr,
-                "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
-                "train_examples": int(len(train["labels"])),
-                "seconds": round(time.perf_counter() - start, 1),  # every run, compiles included
-                "runs": [dataclasses.asdict(r) for r in runs]}
-      if jax.process_index() == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
-        print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
-              f"(+-{100 * result['score_std']:.1f}, lr {best_lr:g})")
-  return write_summary(workdir, list(models), [t.name for t in tasks])
-
-
-def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
-  """<workdir>/glue/summary.csv and summary.md: model, params, FLOPs, a column per task, average."""
-  import csv
-
-  rows = []
-  for model in models:
-    results = {}
-    for task in tasks:
-      path = workdir / "glue" / model / task / "results.json"
-      if path.is_file():
-        results[task] = json.loads(path.read_text())
-    if not results:
-      continue
-    first = next(iter(results.values()))
-    row = {"model": model, "params": first["params"], "gflops": first["flops"] / 1e9}
-    for task in tasks:
-      row[task] = 100 * results[task]["score_mean"] if task in results else float("nan")
-      row[f"{task}_std"] = 100 * results[task]["score_std"] if task in results else float("nan")
-    row["average"] = float(np.mean([row[t] for t in tasks]))
-    rows.append(row)
-  out = workdir / "glue"
-  out.mkdir(parents=True, exist_ok=True)
-  with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
-    writer.writeheader()
-    writer.writerows(rows)
-  lines = ["| model | params | GFLOPs | " + " | ".join(tasks) + " | avg |",
-           "|---" * (len(tasks) + 4) + "|"]
-  for r in rows:
-    cells = [f"{r[t]:.1f} ± {r[t + '_std']:.1f}" for t in tasks]
-    lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['gflops']:.3f} | "
-                 + " | ".join(cells) + f" | {r['average']:.1f} |")
-  (out / "summary.md").write_text("\n".join(lines) + "\n")
+  subjects = evaluate.workdir_subjects(
+      teacher, {n: hf_io.load_bert(p) for n, p in exports.items()},
+      {n: (load_superlm(config, workdir, n, teacher, mesh)[0], a) for n, a in not_exported.items()},
+      {f"{r['subspace']}-{r['name']}" for r in selected}, config.evaluate.baselines, config.seed)
+  tokens, _, heldout_idx = load_split_corpus(config, workdir)
+  heldout = data.heldout_batches(tokens, heldout_idx, config.search.batch_size, teacher.config.pad_token_id)
+  suite = evaluate.build_suite(settings, config.data.glue_dir, data.load_tokenizer(teacher_dir), teacher,
+                               heldout)
+  rows = evaluate.run_suite(subjects, suite)
+  out = workdir / "evaluate" / "suite.md"
   if jax.process_index() == 0:
-    print("\n".join(lines))
-  return out / "summary.md"
+    evaluate_report.write_report(out.parent, rows, exports)
+    print(f"evaluation suite ({out}):\n" + evaluate_report.markdown_table(rows))
+  return out
 
 
-STAGES = ("train", "search", "export", "finetune")
+STAGES = ("train", "search", "export", "evaluate", "finetune")
 # What a user got wrong (config, paths, inputs): launch/main.py prints these as one line and exits 2.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
@@ -389,5 +326,5 @@ def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Pa
   return summary if result is None else result
 
 
-MODES = {"train": run_train, "search": run_search, "export": run_export, "finetune": run_finetune,
-         "all": run_all}
+MODES = {"train": run_train, "search": run_search, "export": run_export, "evaluate": run_evaluate,
+         "finetune": run_finetune, "all": run_all}

@@ -173,8 +173,8 @@ def main(argv):
   baselines = build_baselines(config, workdir, timer, teacher, selected)
   finetune(tuple(baselines))
   config.glue.models = tuple(baselines)
-  models = list(pipeline.finetune_models(config, workdir))
-  pipeline.write_summary(workdir, models, tasks)
+  models = list(finetune.finetune_models(config, workdir))
+  finetune.write_summary(workdir, models, tasks)
   path = headline_report.write_report(workdir, out, config, timer.times, KINDS, invocation())
   print(f"[headline] report: {path}")
 

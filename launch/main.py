@@ -12,7 +12,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file under configs/.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "search", "export", "finetune", "all"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "search", "export", "evaluate", "finetune", "all"],
                           "Which stage to run (all: every stage in order, skipping finished ones).")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -35,7 +35,8 @@ def sst2(data_dir, teacher_dir):
 
 def _cfg(pad_multiple, dropout=0.1):
   return ml_collections.ConfigDict({"batch_size": 16, "eval_batch_size": 32, "epochs": 2,
-                                    "dropout": dropout, "pad_multiple": pad_multiple})
+                                    "dropout": dropout, "pad_multiple": pad_multiple,
+                                    "warmup_ratio": 0.0})
 
 
 @pytest.mark.slow  # two fine-tuning runs: in the slow CI step, keeping the default run under 15 min

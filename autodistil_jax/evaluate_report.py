@@ -1,0 +1,113 @@
+"""Outputs of the evaluation stage: the table (CSV and Markdown), the plot, and each export's
+model card section. Pure formatting plus atomic writes; the measures come from evaluate.py."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+# Columns of the Markdown table: (row key, header, format). Higher is better but for relation.
+COLUMNS = (("params", "params", lambda v: f"{v / 1e6:.2f}M"), ("gflops", "GFLOPs", "{:.3f}".format),
+           ("relation", "relation loss ↓", "{:.5f}".format), ("cka", "CKA", "{:.3f}".format),
+           ("sts_spearman", "STS-B ρ", "{:.1f}".format))
+CARD_BEGIN, CARD_END = "<!-- autodistil-evaluation -->", "<!-- /autodistil-evaluation -->"
+
+
+def probe_tasks(rows: Sequence[dict]) -> list[str]:
+  return [k[len("probe_"):] for k in rows[0] if k.startswith("probe_") and k.count("_") == 1
+          and k != "probe_avg"] if rows else []
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  tasks = probe_tasks(rows)
+  head = ["model", "kind", "arch"] + [h for _, h, _ in COLUMNS] + [f"probe {t}" for t in tasks]
+  head += ["probe avg"] if tasks else []
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for r in rows:
+    cells = [r["model"], r["kind"], r["arch"]] + [fmt(r[k]) for k, _, fmt in COLUMNS]
+    cells += [f"{r[f'probe_{t}']:.1f}" for t in tasks] + ([f"{r['probe_avg']:.1f}"] if tasks else [])
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_text(text, encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> None:
+  fields = list(dict.fromkeys(k for r in rows for k in r))
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  with open(tmp, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+  os.replace(tmp, path)
+
+
+def plot(path: Path, rows: Sequence[dict]) -> None:
+  """Zero-shot STS-B, probe average and CKA against GFLOPs, one marker per kind of model."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  panels = [("sts_spearman", "zero-shot STS-B Spearman"), ("cka", "CKA to the teacher (held-out)")]
+  if "probe_avg" in rows[0]:
+    panels.insert(1, ("probe_avg", "frozen-feature probe average"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), dpi=110)
+  markers = {"teacher": "*", "searched": "o", "export": "o", "sliced": "s", "random": "x"}
+  for ax, (key, title) in zip(axes, panels, strict=True):
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+      mine = [r for r in rows if r["kind"] == kind]
+      ax.scatter([r["gflops"] for r in mine], [r[key] for r in mine], label=kind,
+                 marker=markers.get(kind, "o"), s=90 if kind == "teacher" else 40)
+    ax.set_xlabel("GFLOPs per sequence")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+  fig.savefig(tmp)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def card_section(row: dict, teacher_row: dict | None) -> str:
+  """The model card's evaluation section: this student's row, beside the teacher's."""
+  rows = [row] + ([teacher_row] if teacher_row is not None else [])
+  return (f"{CARD_BEGIN}\n## Evaluation (task-agnostic suite, no fine-tuning)\n\n"
+          "Measured by autodistil_jax's `--mode=evaluate` (docs/evaluation.md of the project): the "
+          "held-out relation-distillation loss to the teacher, linear CKA of final token states "
+          "against the teacher's, zero-shot STS-B dev (Spearman of cosine similarities of pooled "
+          "embeddings) and logistic-regression probes on frozen pooled features (GLUE dev metrics).\n\n"
+          f"{markdown_table(rows)}{CARD_END}\n")
+
+
+def update_card(export_dir: Path, row: dict, teacher_row: dict | None) -> None:
+  """Puts (or replaces) the evaluation section in export_dir/README.md."""
+  card = export_dir / "README.md"
+  text = card.read_text(encoding="utf-8") if card.is_file() else ""
+  section = card_section(row, teacher_row)
+  if CARD_BEGIN in text and CARD_END in text:
+    before, rest = text.split(CARD_BEGIN, 1)
+    text = before + section + rest.split(CARD_END, 1)[1].lstrip("\n")
+  else:
+    text = text.rstrip("\n") + "\n\n" + section
+  _write_atomic(card, text)
+
+
+def write_report(out: Path, rows: Sequence[dict], export_dirs: dict[str, Path]) -> Path:
+  """out/suite.csv, suite.md and suite.png; the section of each export's card. Returns suite.md."""
+  out.mkdir(parents=True, exist_ok=True)
+  write_csv(out / "suite.csv", rows)
+  _write_atomic(out / "suite.md", markdown_table(rows))
+  plot(out / "suite.png", rows)
+  teacher = next((r for r in rows if r["kind"] == "teacher"), None)
+  for r in rows:
+    if r["model"] in export_dirs:
+      update_card(export_dirs[r["model"]], r, teacher)
+  return out / "suite.md"
