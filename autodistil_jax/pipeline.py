@@ -318,12 +318,16 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-  """train -> search -> export -> finetune + report, skipping finished stages (run_stages)."""
+  """train -> search -> export -> evaluate -> finetune, skipping finished stages (run_stages); ends
+  with the evaluation suite's table (teacher, each student beside its sliced and random twins)."""
   start = time.perf_counter()
   result = run_stages(config, workdir)
-  summary = check_workdir(workdir) / "glue" / "summary.md"
-  print(f"all stages finished in {time.perf_counter() - start:.1f} s; GLUE table: {summary}")
-  return summary if result is None else result
+  workdir = check_workdir(workdir)
+  suite, glue_table = workdir / "evaluate" / "suite.md", workdir / "glue" / "summary.md"
+  print(f"all stages finished in {time.perf_counter() - start:.1f} s; GLUE table: {glue_table}")
+  if suite.is_file() and jax.process_index() == 0:
+    print(f"evaluation suite, no fine-tuning ({suite}):\n{suite.read_text()}", end="")
+  return glue_table if result is None else result
 
 
 MODES = {"train": run_train, "search": run_search, "export": run_export, "evaluate": run_evaluate,

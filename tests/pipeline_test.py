@@ -48,12 +48,28 @@ def test_train_search_export(data_dir, tmp_path):
   assert result["train_examples"] == 32 and 0 <= result["score_mean"] <= 1 and result["seconds"] > 0
   assert set(result["runs"][0]["best"]["dev"]) == {"accuracy"}
 
+  evaluated = _main(tmp_path, "evaluate", corpus, glue_dir)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  table = (tmp_path / "evaluate" / "suite.md").read_text().splitlines()
+  assert table[2].startswith("| teacher | teacher | L6_H384_R4_A12 |") and "| 1.000 |" in table[2]
+  kinds = [line.split(" | ")[1] for line in table[2:]]
+  assert kinds == ["teacher"] + ["searched", "sliced", "random"] * len(exported), kinds
+  with open(tmp_path / "evaluate" / "suite.csv", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == len(table) - 2 and all(-100 <= float(r["sts_spearman"]) <= 100 for r in rows)
+  assert (tmp_path / "evaluate" / "suite.png").stat().st_size > 10_000
+  card = (tmp_path / "export" / exported[0] / "README.md").read_text()
+  assert card.count("## Evaluation (task-agnostic suite") == 1 and f"| {exported[0]} | searched |" in card
+  assert _main(tmp_path, "evaluate", corpus, glue_dir).returncode == 0  # the card's section is replaced
+  assert (tmp_path / "export" / exported[0] / "README.md").read_text().count("## Evaluation (task") == 1
+
   # --mode=all over the finished work: every stage runs once, then a re-run skips them all.
   first = _main(tmp_path, "all", corpus, glue_dir)
   assert first.returncode == 0, first.stderr[-3000:]
-  assert "[4/4] finetune:" in first.stdout and "all stages finished" in first.stdout
+  assert "[5/5] finetune:" in first.stdout and "all stages finished" in first.stdout
+  assert first.stdout.rstrip().splitlines()[-1].startswith("| random-"), first.stdout[-2000:]
   second = _main(tmp_path, "all", corpus, glue_dir)
-  assert second.returncode == 0 and second.stdout.count("done before, skipped") == 4, second.stdout
+  assert second.returncode == 0 and second.stdout.count("done before, skipped") == 5, second.stdout
 
   impossible = _main(tmp_path, "search", corpus, "--config.search.budgets=('params<=1K',)")
   assert impossible.returncode != 0 and "is met by no student: the cheapest" in impossible.stderr

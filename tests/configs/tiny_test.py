@@ -32,4 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.glue.epochs = 1
   c.glue.max_train_examples = 32
   c.glue.learning_rates = (1e-4,)
+  c.evaluate.probe_tasks = ("sst2",)
+  c.evaluate.probe_train_examples = 64
+  c.evaluate.sts_examples = 64
+  c.evaluate.seq_len = 32
   return c
