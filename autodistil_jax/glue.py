@@ -191,3 +191,12 @@ def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray) -> 
 def main_score(task: Task, scores: dict[str, float]) -> float:
   """The one number per task in a GLUE table (F1/accuracy and Pearson/Spearman averaged)."""
   return float(np.mean([scores[m] for m in task.metrics]))
+
+
+def trivial_score(task: Task, train_labels: np.ndarray, dev_labels: np.ndarray) -> float:
+  """The main score of a model that learnt nothing: the training set's majority class predicted
+  for every dev example (0 for STS-B, whose correlations a constant cannot have)."""
+  if task.is_regression:
+    return 0.0
+  majority = np.bincount(np.asarray(train_labels, np.int64)).argmax()
+  return main_score(task, compute_metrics(task, np.full(len(dev_labels), majority), dev_labels))

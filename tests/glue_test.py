@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -102,3 +103,22 @@ def test_tfds_glue_gives_the_same_examples(data_dir, tmp_path, monkeypatch, task
     np.testing.assert_array_equal(from_tfds.labels, from_tsv.labels)
   with pytest.raises(FileNotFoundError, match="download_and_prepare"):
     glue.read_split(glue.get_task("wnli"), f"tfds:{tmp_path / 'tfds'}", "dev")
+
+
+def test_summary_leaves_out_of_the_average_the_tasks_the_teacher_did_not_learn(tmp_path):
+  from autodistil_jax import finetune
+
+  def result(model, task, score, trivial):
+    path = tmp_path / "glue" / model / task / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"params": 1e6, "flops": 1e9, "score_mean": score, "score_std": 0.0,
+                                "trivial_score": trivial}))
+  result("teacher", "cola", 0.0, 0.0)  # majority class: MCC 0, learnt nothing
+  result("teacher", "stsb", 0.85, 0.0)
+  result("student", "cola", 0.1, 0.0)
+  result("student", "stsb", 0.75, 0.0)
+  lines = finetune.write_summary(tmp_path, ["teacher", "student"], ["cola", "stsb"]).read_text().splitlines()
+  assert lines[0] == "| model | params | GFLOPs | cola (not learnt) | stsb | avg |"
+  assert lines[2].endswith("| 85.0 |") and lines[3].endswith("| 75.0 |")
+  assert "Left out of the average" in lines[-1] and "cola (0.0 vs 0.0)" in lines[-1]
+  assert glue.trivial_score(glue.get_task("sst2"), np.array([1, 1, 0]), np.array([1, 0, 1, 1])) == 0.75
