@@ -50,11 +50,23 @@ class SuiteSettings:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, pooling: str) -> SuiteSettings:
+    """The suite's settings from config.evaluate, checked: one line per problem, before any work."""
     e = config.evaluate
-    return cls(pooling=e.pooling or pooling, probe_tasks=tuple(glue.get_task(t).name for t in e.probe_tasks),
-               probe_train_examples=int(e.probe_train_examples), sts_examples=int(e.sts_examples),
-               seq_len=int(e.seq_len),
-               batch_size=int(e.batch_size), students_per_call=int(e.students_per_call),
+    problems = []
+    if e.pooling and e.pooling not in measures.POOLINGS:
+      problems.append(f"config.evaluate.pooling={e.pooling!r} is not one of {measures.POOLINGS} (or '')")
+    tasks = [glue.get_task(t) for t in e.probe_tasks]
+    problems += [f"config.evaluate.probe_tasks: {t.name} is a regression task; probes classify"
+                 for t in tasks if t.is_regression]
+    for key, low in (("probe_train_examples", 0), ("sts_examples", 0), ("seq_len", 8), ("batch_size", 1),
+                     ("students_per_call", 1)):
+      if not isinstance(e[key], int) or e[key] < low:
+        problems.append(f"config.evaluate.{key}={e[key]!r} must be an integer >= {low}")
+    if problems:
+      raise ValueError("; ".join(problems))
+    return cls(pooling=e.pooling or pooling, probe_tasks=tuple(t.name for t in tasks),
+               probe_train_examples=e.probe_train_examples, sts_examples=e.sts_examples,
+               seq_len=e.seq_len, batch_size=e.batch_size, students_per_call=e.students_per_call,
                loss=config.train.loss, seed=int(config.seed), cost_seq_len=int(config.data.seq_len))
 
 
@@ -109,10 +121,18 @@ def _seeded_subset(n: int, keep: int, seed: int) -> np.ndarray:
   return np.sort(np.random.default_rng(seed).permutation(n)[:keep])
 
 
-def build_suite(settings: SuiteSettings, glue_dir: str, tokenizer, teacher: BertEncoder,
-                heldout: list[dict[str, np.ndarray]]) -> SuiteData:
-  """Reads STS-B dev and the probe tasks, tokenises every distinct sentence once, and computes the
-  teacher's held-out relation targets and token states."""
+@dataclasses.dataclass
+class SuiteTexts:
+  """The suite's sentences (distinct, in first-seen order) and the measures' views of them."""
+
+  sentences: list[str]
+  sts: tuple[np.ndarray, np.ndarray, np.ndarray]  # sentence ids a, b and gold scores
+  probes: dict[str, dict[str, tuple]]  # task -> "train"/"dev" -> (sentence ids per column, labels)
+
+
+def read_texts(settings: SuiteSettings, glue_dir: str) -> SuiteTexts:
+  """STS-B dev and the probe tasks' train (seeded subset) and dev splits. Cheap, and run before any
+  other work, so a missing or malformed GLUE file stops the stage at once, naming the file."""
   sentences: dict[str, int] = {}
   index = lambda texts: np.asarray([sentences.setdefault(t, len(sentences)) for t in texts], np.int64)
   sts_dev = glue.read_split(glue.get_task("stsb"), glue_dir, "dev")
@@ -129,7 +149,16 @@ def build_suite(settings: SuiteSettings, glue_dir: str, tokenizer, teacher: Bert
               if split == "train" else np.arange(len(ex.labels)))
       columns = tuple(index([ex.texts[i][c] for i in keep]) for c in range(len(ex.texts[0])))
       probes[name]["train" if split == "train" else "dev"] = (columns, ex.labels[keep])
-  batches = _sentence_batches(list(sentences), tokenizer, settings.seq_len, settings.batch_size)
+  return SuiteTexts(list(sentences), sts, probes)
+
+
+def build_suite(settings: SuiteSettings, texts: SuiteTexts | str, tokenizer, teacher: BertEncoder,
+                heldout: list[dict[str, np.ndarray]]) -> SuiteData:
+  """Tokenises every distinct sentence once and computes the teacher's held-out relation targets
+  and token states. `texts` is read_texts' result, or the GLUE root to read it from."""
+  if isinstance(texts, str):
+    texts = read_texts(settings, texts)
+  batches = _sentence_batches(texts.sentences, tokenizer, settings.seq_len, settings.batch_size)
   graphdef, params = nnx.graphdef(teacher), get_params(teacher)
   relations = jax.jit(lambda p, b: _teacher_targets(nnx.merge(graphdef, p), b))
   targets = [relations(params, b) for b in heldout]
@@ -137,7 +166,7 @@ def build_suite(settings: SuiteSettings, glue_dir: str, tokenizer, teacher: Bert
   for b, (_, hidden) in zip(heldout, targets, strict=True):
     y = np.asarray(hidden, np.float64)[b["attention_mask"].astype(bool)]
     sums = {"sy": sums["sy"] + y.sum(0), "yy": sums["yy"] + y.T @ y, "n": sums["n"] + len(y)}
-  return SuiteData(settings, batches, len(sentences), sts, probes, heldout,
+  return SuiteData(settings, batches, len(texts.sentences), texts.sts, texts.probes, heldout,
                    [t[0] for t in targets], [t[1] for t in targets], sums)
 
 

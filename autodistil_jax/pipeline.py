@@ -259,9 +259,10 @@ def run_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
   if not config.data.glue_dir:
     raise ValueError("config.data.glue_dir is not set: the suite reads STS-B dev and the probe tasks "
                      "from it; pass --config.data.glue_dir=PATH (the GLUE TSV root)")
-  teacher = load_teacher(config)
   teacher_dir = hf_io.resolve_checkpoint(config.teacher)
   settings = evaluate.SuiteSettings.from_config(config, measures.read_pooling(teacher_dir))
+  texts = evaluate.read_texts(settings, config.data.glue_dir)  # bad GLUE files stop us here
+  teacher = load_teacher(config)
   exports = {p.name: p for p in sorted((workdir / "export").glob("*"))
              if p.is_dir() and not p.name.startswith(".")}
   selected_file = workdir / "search" / "selected.json"
@@ -277,8 +278,7 @@ def run_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
       {f"{r['subspace']}-{r['name']}" for r in selected}, config.evaluate.baselines, config.seed)
   tokens, _, heldout_idx = load_split_corpus(config, workdir)
   heldout = data.heldout_batches(tokens, heldout_idx, config.search.batch_size, teacher.config.pad_token_id)
-  suite = evaluate.build_suite(settings, config.data.glue_dir, data.load_tokenizer(teacher_dir), teacher,
-                               heldout)
+  suite = evaluate.build_suite(settings, texts, data.load_tokenizer(teacher_dir), teacher, heldout)
   rows = evaluate.run_suite(subjects, suite)
   out = workdir / "evaluate" / "suite.md"
   if jax.process_index() == 0:

@@ -106,3 +106,25 @@ def test_suite_is_deterministic_run_to_run(teacher, teacher_dir, data_dir, heldo
   assert first == second
   assert set(first[0]) >= {"relation", "cka", "sts_spearman", "sts_pearson", "probe_sst2",
                            "probe_mrpc_f1", "probe_mrpc_accuracy", "probe_avg"}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.evaluate.pooling=avg", "config.evaluate.pooling='avg' is not one of"),
+    ("--config.evaluate.probe_tasks=('stsb',)", "stsb is a regression task"),
+    ("--config.data.glue_dir=/nonexistent", "/nonexistent/STS-B/dev.tsv not found"),
+])
+def test_bad_evaluate_inputs_fail_with_one_line_and_write_nothing(data_dir, tmp_path, override, message):
+  import pathlib
+  import subprocess
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, str(root / "launch" / "main.py"), f"--config={root}/tests/configs/tiny_test.py",
+       f"--workdir={workdir}", "--mode=evaluate", f"--config.data.corpus={data_dir}/wikitext-2/valid.txt",
+       f"--config.data.glue_dir={data_dir}/glue", override],
+      cwd=root, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+  assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+  assert not workdir.exists()
