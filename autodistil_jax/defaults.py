@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.batch_size = 64  # sentences per forward
   c.evaluate.students_per_call = 8  # students of one SuperLM embedded side by side (vmap)
   c.evaluate.baselines = True  # also score each evaluated arch sliced from the teacher and random
+  c.evaluate.models = ()  # further HF BERT directories to score (their cards are not touched)
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator = ""  # host:port; empty: auto-detected on TPU pods / SLURM

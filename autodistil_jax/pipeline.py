@@ -276,6 +276,7 @@ def run_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
       teacher, {n: hf_io.load_bert(p) for n, p in exports.items()},
       {n: (load_superlm(config, workdir, n, teacher, mesh)[0], a) for n, a in not_exported.items()},
       {f"{r['subspace']}-{r['name']}" for r in selected}, config.evaluate.baselines, config.seed)
+  subjects += [evaluate.Subject(Path(p).name, "model", hf_io.load_bert(p)) for p in config.evaluate.models]
   tokens, _, heldout_idx = load_split_corpus(config, workdir)
   heldout = data.heldout_batches(tokens, heldout_idx, config.search.batch_size, teacher.config.pad_token_id)
   suite = evaluate.build_suite(settings, texts, data.load_tokenizer(teacher_dir), teacher, heldout)
