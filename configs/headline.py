@@ -30,11 +30,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.heldout = 64
   c.train.num_steps = 120
   c.train.checkpoint_every = 50
-  # GLUE: 3 seeds, a seeded 1000-example subset of each training set, 2 epochs, seq 64 (each batch
-  # cut to its longest row). The paper uses all the data and 20 epochs: far beyond a 2-core CPU.
+  # GLUE, the headline protocol (docs/evaluation.md): the full training sets of the four tasks that
+  # bench/glue_reference.py checks against transformers, 3 epochs, batch 32, learning rate 1e-4 with
+  # 10% linear warmup, seq 128 (each batch cut to its longest row), 3 seeds. The teacher learns
+  # every task under it (STS-B 85.8 on seed 0). SST-2 (67k examples) is left to the suite's probe.
+  c.glue.tasks = ("stsb", "cola", "mrpc", "rte")
   c.glue.seeds = (0, 1, 2)
   c.glue.learning_rates = (1e-4,)
-  c.glue.epochs = 2
-  c.glue.max_train_examples = 1000
+  c.glue.epochs = 3
+  c.glue.warmup_ratio = 0.1
+  c.glue.batch_size = 32
+  c.glue.seq_len = 128
+  c.glue.max_train_examples = 0
   c.glue.pad_multiple = 16
   return c

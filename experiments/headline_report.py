@@ -15,6 +15,12 @@ from autodistil_jax import glue
 from autodistil_jax.search_space import Arch
 
 
+def train_size(g) -> str:
+  if not g.max_train_examples:
+    return "the full training sets"
+  return f"a seeded {g.max_train_examples}-example subset of each training set"
+
+
 def cpu_name() -> str:
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -202,9 +208,9 @@ def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[s
         for b, r in selected.items()],
       "- Baselines per selected architecture: " + "; ".join(kinds.values()) + f". (c) trains a "
       f"one-student sub-space with the same objective, data and {t.num_steps} steps.",
-      f"- GLUE: {', '.join(tasks)} dev; seeds {tuple(g.seeds)}; a seeded {g.max_train_examples}-example "
-      f"subset of each training set, {g.epochs} epochs, batch {g.batch_size}, learning rate "
-      f"{', '.join(f'{x:g}' for x in g.learning_rates)}, sequence length {g.seq_len}; best epoch on dev. "
+      f"- GLUE: {', '.join(tasks)} dev; seeds {tuple(g.seeds)}; {train_size(g)}, {g.epochs} epochs, "
+      f"batch {g.batch_size}, learning rate {', '.join(f'{x:g}' for x in g.learning_rates)} with "
+      f"{100 * g.get('warmup_ratio', 0.0):g}% linear warmup, sequence length {g.seq_len}; best epoch on dev. "
       "Scores x100: accuracy (SST-2, RTE), mean of F1 and accuracy (MRPC), Matthews corr. (CoLA), "
       "mean of Pearson and Spearman (STS-B). ± is the standard deviation over seeds (ddof 0); the "
       "average is taken per seed, then over seeds.", "",
