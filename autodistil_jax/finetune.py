@@ -37,13 +37,19 @@ def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
   return int(np.ceil(total_steps * warmup_ratio))
 
 
-def make_optimizer(learning_rate: float, total_steps: int, warmup: int = 0) -> optax.GradientTransformation:
-  """AdamW without weight decay: linear warmup from 0 over `warmup` steps, then linear decay to
-  zero at `total_steps` (transformers' get_linear_schedule_with_warmup, step for step)."""
+def learning_rate_schedule(learning_rate: float, total_steps: int, warmup: int = 0) -> optax.Schedule:
+  """Linear warmup from 0 over `warmup` steps, then linear decay to zero at `total_steps`:
+  transformers' get_linear_schedule_with_warmup, step for step (tested)."""
   decay = optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1))
-  schedule = decay if warmup == 0 else optax.join_schedules(
-      [optax.linear_schedule(0.0, learning_rate, warmup), decay], [warmup])
-  return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup), decay], [warmup])
+
+
+def make_optimizer(learning_rate: float, total_steps: int, warmup: int = 0) -> optax.GradientTransformation:
+  """AdamW without weight decay on learning_rate_schedule."""
+  return optax.adamw(learning_rate_schedule(learning_rate, total_steps, warmup), b1=0.9, b2=0.999,
+                     eps=1e-8, weight_decay=0.0)
 
 
 @functools.lru_cache(maxsize=64)

@@ -62,9 +62,25 @@ def test_seeds_and_same_shaped_models_share_one_compilation(teacher, sst2):
   runs = [finetune.finetune(model, task, train, dev, _cfg(16), 1e-4, seed, mesh)
           for model, seed in [(sliced, 0), (sliced, 1), (scratch, 0)]]
   assert finetune.make_functions.cache_info().misses == misses + 1
-  _, train_step, predict = finetune.make_functions(sliced.config, task, 1e-4, 8, 0.1, mesh)
+  _, train_step, predict = finetune.make_functions(sliced.config, task, 1e-4, 8, 0, 0.1, mesh)
   assert train_step._cache_size() <= 64 // 16  # one compilation per padded length at most
   assert runs[0].epochs != runs[1].epochs or runs[0].epochs != runs[2].epochs
   # The encoder's own parameters survive the runs (the step donates only its copy).
   after = jax.tree.leaves(get_params(sliced))
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), after, strict=True))
+
+
+
+def test_learning_rate_schedule_is_transformers_linear_warmup_step_for_step():
+  import torch
+  from transformers import get_linear_schedule_with_warmup
+
+  total, warmup = 50, finetune.warmup_steps(50, 0.1)
+  assert warmup == 5
+  opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+  reference = get_linear_schedule_with_warmup(opt, warmup, total)
+  ours = finetune.learning_rate_schedule(1e-4, total, warmup)
+  for step in range(total):  # the rate of the step-th update, in both
+    assert float(ours(step)) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6, abs=1e-12), step
+    opt.step()
+    reference.step()
