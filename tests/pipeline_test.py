@@ -42,8 +42,11 @@ def test_train_search_export(data_dir, tmp_path):
   finetuned = _main(tmp_path, "finetune", corpus, glue_dir, "--config.glue.models=()")
   assert finetuned.returncode == 0, finetuned.stderr[-3000:]
   summary = (tmp_path / "glue" / "summary.md").read_text().splitlines()
-  assert summary[0] == "| model | params | GFLOPs | rte | stsb | avg |"
-  assert summary[2].startswith("| teacher | 22.71M |") and len(summary) == 2 + 1 + len(exported)
+  table = [line for line in summary if line.startswith("| ")]
+  # 32 examples, 1 epoch: the teacher may not beat the majority class, and the table then says so.
+  assert table[0].replace(" (not learnt)", "") == "| model | params | GFLOPs | rte | stsb | avg |"
+  assert ("(not learnt)" in table[0]) == any("Left out of the average" in line for line in summary)
+  assert table[2].startswith("| teacher | 22.71M |") and len(table) == 2 + 1 + len(exported)
   result = json.loads((tmp_path / "glue" / "teacher" / "rte" / "results.json").read_text())
   assert result["train_examples"] == 32 and 0 <= result["score_mean"] <= 1 and result["seconds"] > 0
   assert set(result["runs"][0]["best"]["dev"]) == {"accuracy"}
