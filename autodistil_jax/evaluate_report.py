@@ -76,9 +76,10 @@ def plot(path: Path, rows: Sequence[dict]) -> None:
   os.replace(tmp, path)
 
 
-def card_section(row: dict, teacher_row: dict | None) -> str:
-  """The model card's evaluation section: this student's row, beside the teacher's."""
-  rows = [row] + ([teacher_row] if teacher_row is not None else [])
+def card_section(row: dict, others: Sequence[dict]) -> str:
+  """The model card's evaluation section: this student's row, beside the teacher's and those of the
+  same architecture sliced from the teacher (what SuperLM training added)."""
+  rows = [row, *others]
   return (f"{CARD_BEGIN}\n## Evaluation (task-agnostic suite, no fine-tuning)\n\n"
           "Measured by autodistil_jax's `--mode=evaluate` (docs/evaluation.md of the project): the "
           "held-out relation-distillation loss to the teacher, linear CKA of final token states "
@@ -87,11 +88,11 @@ def card_section(row: dict, teacher_row: dict | None) -> str:
           f"{markdown_table(rows)}{CARD_END}\n")
 
 
-def update_card(export_dir: Path, row: dict, teacher_row: dict | None) -> None:
+def update_card(export_dir: Path, row: dict, others: Sequence[dict]) -> None:
   """Puts (or replaces) the evaluation section in export_dir/README.md."""
   card = export_dir / "README.md"
   text = card.read_text(encoding="utf-8") if card.is_file() else ""
-  section = card_section(row, teacher_row)
+  section = card_section(row, others)
   if CARD_BEGIN in text and CARD_END in text:
     before, rest = text.split(CARD_BEGIN, 1)
     text = before + section + rest.split(CARD_END, 1)[1].lstrip("\n")
@@ -106,8 +107,9 @@ def write_report(out: Path, rows: Sequence[dict], export_dirs: dict[str, Path]) 
   write_csv(out / "suite.csv", rows)
   _write_atomic(out / "suite.md", markdown_table(rows))
   plot(out / "suite.png", rows)
-  teacher = next((r for r in rows if r["kind"] == "teacher"), None)
   for r in rows:
     if r["model"] in export_dirs:
-      update_card(export_dirs[r["model"]], r, teacher)
+      others = [o for o in rows
+                if o["kind"] == "teacher" or (o["kind"] == "sliced" and o["arch"] == r["arch"])]
+      update_card(export_dirs[r["model"]], r, others)
   return out / "suite.md"
