@@ -42,3 +42,21 @@ def test_train_step_and_memory_benches_run(tmp_path):
   assert len(tiny["archs"]) == 4 and tiny["useful_fraction"] > 0 and tiny["overhead_vs_static4"] > 0
   m = _bench("memory", tmp_path, "--subspaces=tiny", "--batch=2", "--seq_len=32")
   assert m["results"][0]["xla_total_mib"] > m["results"][0]["params_mib"] > 0
+
+
+@pytest.mark.slow
+def test_glue_reference_runs_both_sides_and_resumes(data_dir, tmp_path):
+  flags = [f"--data_dir={data_dir / 'glue'}", f"--out={tmp_path / 'cells'}", "--tasks=rte", "--seeds=0",
+           "--max_train=48", "--epochs=1", "--batch_size=16", "--seq_len=64"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  command = [sys.executable, str(ROOT / "bench" / "glue_reference.py"), *flags]
+  first = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+  assert first.returncode == 0, first.stderr[-3000:]
+  cells = {p.name: json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")}
+  assert set(cells) == {"ours-rte-0.json", "torch-rte-0.json"}
+  for cell in cells.values():  # both sides saw the same examples under the same protocol
+    assert cell["protocol"]["train_examples"] == 48 and len(cell["epochs"]) == 1
+    assert 0.0 <= cell["epochs"][0]["dev"]["accuracy"] <= 1.0
+  again = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+  assert again.returncode == 0 and "seed 0:" not in again.stdout  # finished cells are not rerun
+  assert "| rte |" in again.stdout
