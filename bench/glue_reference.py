@@ -4,7 +4,7 @@ AdamW and get_linear_schedule_with_warmup; ours is autodistil_jax.finetune.finet
 pipeline runs. Both see the identical sequence of batches (same permutation, same padding cut)
 and pick their best epoch on dev the same way.
 
-  python bench/glue_reference.py --data_dir=../shared/data/glue --out=runs/glue_reference \
+  python bench/glue_reference.py --data_dir=../shared/data/glue --out=docs/glue_reference \
       --tasks=stsb,mrpc,rte,cola --seeds=0,1,2        # 2-core CPU: see docs/evaluation.md
 
 One JSON per (implementation, task, seed) under --out: a re-run skips finished cells, so the
