@@ -42,7 +42,7 @@ def test_train_search_export(data_dir, tmp_path):
   finetuned = _main(tmp_path, "finetune", corpus, glue_dir, "--config.glue.models=()")
   assert finetuned.returncode == 0, finetuned.stderr[-3000:]
   summary = (tmp_path / "glue" / "summary.md").read_text().splitlines()
-  table = [line for line in summary if line.startswith("| ")]
+  table = [line for line in summary if line.startswith("|")]
   # 32 examples, 1 epoch: the teacher may not beat the majority class, and the table then says so.
   assert table[0].replace(" (not learnt)", "") == "| model | params | GFLOPs | rte | stsb | avg |"
   assert ("(not learnt)" in table[0]) == any("Left out of the average" in line for line in summary)
