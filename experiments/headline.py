@@ -135,6 +135,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import headline_report
 
+  from autodistil_jax import finetune as finetune_stage
   from autodistil_jax import pipeline
   from autodistil_jax.search_space import Arch
 
@@ -163,18 +164,18 @@ def main(argv):
   quick = build_baselines(config, workdir, timer, teacher, selected, ("sliced", "random"))
   claim_models = tuple(d for d in quick if pathlib.Path(d).name in (f"sliced-{first}", f"random-{first}"))
 
-  def finetune(models: tuple[str, ...]) -> None:
+  def finetune_all(models: tuple[str, ...]) -> None:
     for task in tasks:  # one task at a time over its models: a cut-short run compares like with like
       one = copy.deepcopy(config)
       one.glue.tasks, one.glue.models = (task,), models
       timer.run(f"finetune {task}", pipeline.run_finetune, one, workdir)
 
-  finetune(claim_models)
+  finetune_all(claim_models)
   baselines = build_baselines(config, workdir, timer, teacher, selected)
-  finetune(tuple(baselines))
+  finetune_all(tuple(baselines))
   config.glue.models = tuple(baselines)
-  models = list(finetune.finetune_models(config, workdir))
-  finetune.write_summary(workdir, models, tasks)
+  models = list(finetune_stage.finetune_models(config, workdir))
+  finetune_stage.write_summary(workdir, models, tasks)
   path = headline_report.write_report(workdir, out, config, timer.times, KINDS, invocation())
   print(f"[headline] report: {path}")
 
