@@ -277,6 +277,8 @@ def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
     for task in tasks:
       row[task] = 100 * results[task]["score_mean"] if task in results else float("nan")
       row[f"{task}_std"] = 100 * results[task]["score_std"] if task in results else float("nan")
+      trivial = 100 * results.get(task, {}).get("trivial_score", float("-inf"))
+      row[f"{task}_learnt"] = not row[task] <= trivial + LEARNT_MARGIN
     row["average"] = float(np.mean([row[t] for t in counted]))
     rows.append(row)
   out = workdir / "glue"
@@ -289,9 +291,11 @@ def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
   lines = ["| model | params | GFLOPs | " + " | ".join(names) + " | avg |",
            "|---" * (len(tasks) + 4) + "|"]
   for r in rows:
-    cells = [f"{r[t]:.1f} ± {r[t + '_std']:.1f}" for t in tasks]
+    cells = [f"{r[t]:.1f} ± {r[t + '_std']:.1f}" + ("" if r[f"{t}_learnt"] else " †") for t in tasks]
     lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['gflops']:.3f} | "
                  + " | ".join(cells) + f" | {r['average']:.1f} |")
+  if not all(r[f"{t}_learnt"] for r in rows for t in tasks):
+    lines.append("\n† at or within a point of a model that learnt nothing (the majority class; 0 for STS-B).")
   if unlearnt:
     lines.append("\nLeft out of the average: the fine-tuned teacher does not beat a model that learnt "
                  "nothing (majority class; 0 for STS-B) at this budget on " + ", ".join(

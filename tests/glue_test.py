@@ -120,5 +120,7 @@ def test_summary_leaves_out_of_the_average_the_tasks_the_teacher_did_not_learn(t
   lines = finetune.write_summary(tmp_path, ["teacher", "student"], ["cola", "stsb"]).read_text().splitlines()
   assert lines[0] == "| model | params | GFLOPs | cola (not learnt) | stsb | avg |"
   assert lines[2].endswith("| 85.0 |") and lines[3].endswith("| 75.0 |")
+  assert "| 0.0 ± 0.0 † |" in lines[2] and "| 10.0 ± 0.0 |" in lines[3]  # the cells that learnt nothing
+  assert any(line.startswith("† at or within a point") for line in lines)
   assert "Left out of the average" in lines[-1] and "cola (0.0 vs 0.0)" in lines[-1]
   assert glue.trivial_score(glue.get_task("sst2"), np.array([1, 1, 0]), np.array([1, 0, 1, 1])) == 0.75
