@@ -62,6 +62,7 @@ def test_mean_pooling_excludes_padding():
   np.testing.assert_allclose(pooled, [[1.5, 2.5, 3.5]])
 
 
+@pytest.mark.slow  # a minute: two encoders over all of STS-B dev
 def test_teacher_zero_shot_stsb_equals_sentence_transformers(teacher, teacher_dir, data_dir, heldout):
   from scipy import stats
   from sentence_transformers import SentenceTransformer
