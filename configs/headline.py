@@ -9,8 +9,9 @@ rewritten at the end):
 
 Cost (2-core AMD EPYC CPU, measured): docs/results.md records each stage's wall time. GLUE under
 this config's protocol, per model and seed, for the teacher (the largest model; students cost
-less), measured with two other jobs sharing the CPU: STS-B 794 s (teacher 85.8), CoLA 811 s
-(teacher MCC 30.0); MRPC and RTE not measured yet (docs/evaluation.md, section 2).
+less), measured with one or two other jobs sharing the CPU: STS-B 794 s (teacher 85.8), CoLA
+811 s (teacher MCC 30.0), MRPC 508 s (teacher 86.2); RTE not measured yet (docs/evaluation.md,
+section 2). 3 seeds x 4 tasks: about 2 hours per model for the teacher.
 """
 
 import importlib.util
