@@ -11,7 +11,7 @@ Cost (2-core AMD EPYC CPU, measured): docs/results.md records each stage's wall 
 this config's protocol, per model and seed, for the teacher (the largest model; students cost
 less), measured with one or two other jobs sharing the CPU: STS-B 794 s (teacher 85.8), CoLA
 811 s (teacher MCC 30.0), MRPC 508 s (teacher 86.2); RTE not measured yet (docs/evaluation.md,
-section 2). 3 seeds x 4 tasks: about 2 hours per model for the teacher.
+section 2). 3 seeds of the three measured tasks: 1.8 hours for the teacher, RTE on top.
 """
 
 import importlib.util
