@@ -115,12 +115,6 @@ def _sentence_batches(texts: list[str], tokenizer, seq_len: int, batch_size: int
   return out
 
 
-def _seeded_subset(n: int, keep: int, seed: int) -> np.ndarray:
-  if keep <= 0 or keep >= n:
-    return np.arange(n)
-  return np.sort(np.random.default_rng(seed).permutation(n)[:keep])
-
-
 @dataclasses.dataclass
 class SuiteTexts:
   """The suite's sentences (distinct, in first-seen order) and the measures' views of them."""
@@ -136,7 +130,7 @@ def read_texts(settings: SuiteSettings, glue_dir: str) -> SuiteTexts:
   sentences: dict[str, int] = {}
   index = lambda texts: np.asarray([sentences.setdefault(t, len(sentences)) for t in texts], np.int64)
   sts_dev = glue.read_split(glue.get_task("stsb"), glue_dir, "dev")
-  keep = _seeded_subset(len(sts_dev.labels), settings.sts_examples, settings.seed)
+  keep = glue.seeded_subset(len(sts_dev.labels), settings.sts_examples, settings.seed)
   sts = (index([sts_dev.texts[i][0] for i in keep]), index([sts_dev.texts[i][1] for i in keep]),
          sts_dev.labels[keep])
   probes = {}
@@ -145,19 +139,17 @@ def read_texts(settings: SuiteSettings, glue_dir: str) -> SuiteTexts:
     probes[name] = {}
     for split in ("train", task.dev_splits[0]):
       ex = glue.read_split(task, glue_dir, split)
-      keep = (_seeded_subset(len(ex.labels), settings.probe_train_examples, settings.seed)
+      keep = (glue.seeded_subset(len(ex.labels), settings.probe_train_examples, settings.seed)
               if split == "train" else np.arange(len(ex.labels)))
       columns = tuple(index([ex.texts[i][c] for i in keep]) for c in range(len(ex.texts[0])))
       probes[name]["train" if split == "train" else "dev"] = (columns, ex.labels[keep])
   return SuiteTexts(list(sentences), sts, probes)
 
 
-def build_suite(settings: SuiteSettings, texts: SuiteTexts | str, tokenizer, teacher: BertEncoder,
+def build_suite(settings: SuiteSettings, texts: SuiteTexts, tokenizer, teacher: BertEncoder,
                 heldout: list[dict[str, np.ndarray]]) -> SuiteData:
-  """Tokenises every distinct sentence once and computes the teacher's held-out relation targets
-  and token states. `texts` is read_texts' result, or the GLUE root to read it from."""
-  if isinstance(texts, str):
-    texts = read_texts(settings, texts)
+  """Tokenises every distinct sentence of `texts` (read_texts) once and computes the teacher's
+  held-out relation targets and token states."""
   batches = _sentence_batches(texts.sentences, tokenizer, settings.seq_len, settings.batch_size)
   graphdef, params = nnx.graphdef(teacher), get_params(teacher)
   relations = jax.jit(lambda p, b: _teacher_targets(nnx.merge(graphdef, p), b))

@@ -1,5 +1,6 @@
 """Outputs of the evaluation stage: the table (CSV and Markdown), the plot, and each export's
-model card section. Pure formatting plus atomic writes; the measures come from evaluate.py."""
+model card section. Formatting, and writes that appear whole or not at all; the measures come from
+evaluate.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from autodistil_jax import atomic
 
 # Columns of the Markdown table: (row key, header, format). Higher is better but for relation.
 COLUMNS = (("params", "params", lambda v: f"{v / 1e6:.2f}M"), ("gflops", "GFLOPs", "{:.3f}".format),
@@ -40,12 +43,10 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
   fields = list(dict.fromkeys(k for r in rows for k in r))
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "w", newline="", encoding="utf-8") as f:
+  with open(path, "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-  os.replace(tmp, path)
 
 
 def plot(path: Path, rows: Sequence[dict]) -> None:
@@ -70,10 +71,8 @@ def plot(path: Path, rows: Sequence[dict]) -> None:
     ax.grid(True, alpha=0.3)
   axes[0].legend(fontsize=8)
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-  fig.savefig(tmp)
+  fig.savefig(path)
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def card_section(row: dict, others: Sequence[dict]) -> str:
@@ -102,11 +101,14 @@ def update_card(export_dir: Path, row: dict, others: Sequence[dict]) -> None:
 
 
 def write_report(out: Path, rows: Sequence[dict], export_dirs: dict[str, Path]) -> Path:
-  """out/suite.csv, suite.md and suite.png; the section of each export's card. Returns suite.md."""
-  out.mkdir(parents=True, exist_ok=True)
-  write_csv(out / "suite.csv", rows)
-  _write_atomic(out / "suite.md", markdown_table(rows))
-  plot(out / "suite.png", rows)
+  """out/suite.csv, suite.md and suite.png, written whole into a temporary sibling and renamed into
+  place (as search/ is); the section of each export's card. Returns suite.md."""
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = atomic.temp_dir_for(out)
+  write_csv(tmp / "suite.csv", rows)
+  (tmp / "suite.md").write_text(markdown_table(rows), encoding="utf-8")
+  plot(tmp / "suite.png", rows)
+  atomic.replace_dir(tmp, out)
   for r in rows:
     if r["model"] in export_dirs:
       others = [o for o in rows

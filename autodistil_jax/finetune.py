@@ -170,6 +170,20 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
       best_epoch, best_score = len(epochs) - 1, score
   bar.close()
   return RunResult(learning_rate, seed, best_epoch, epochs[best_epoch], epochs)
+
+
+Features = dict[str, np.ndarray]
+
+
+def task_features(task: glue.Task, splits: dict[str, glue.Examples], tokenizer, seq_len: int,
+                  max_train: int, seed: int) -> tuple[Features, dict[str, Features]]:
+  """Encoded (train, dev splits) of a task; train cut to a seeded `max_train` subset (0: all)."""
+  train = glue.encode(splits["train"], tokenizer, seq_len)
+  keep = glue.seeded_subset(len(train["labels"]), max_train, seed)
+  train = {k: v[keep] for k, v in train.items()}
+  return train, {s: glue.encode(splits[s], tokenizer, seq_len) for s in task.dev_splits}
+
+
 def finetune_models(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, str]:
   """name -> checkpoint: the teacher first, then every export, then config.glue.models."""
   models = {"teacher": str(config.teacher)} if config.glue.include_teacher else {}
@@ -205,11 +219,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path) -> Path:
       out = workdir / "glue" / model_name / task.name / "results.json"
       if out.is_file():
         continue
-      train = glue.encode(splits[task.name]["train"], tokenizer, g.seq_len)
-      if g.max_train_examples:
-        keep = np.random.default_rng(config.seed).permutation(len(train["labels"]))[:g.max_train_examples]
-        train = {k: v[np.sort(keep)] for k, v in train.items()}
-      dev = {s: glue.encode(splits[task.name][s], tokenizer, g.seq_len) for s in task.dev_splits}
+      train, dev = task_features(task, splits[task.name], tokenizer, g.seq_len, g.max_train_examples,
+                                 config.seed)
       start = time.perf_counter()
       runs = [finetune(encoder, task, train, dev, g, lr, seed, mesh,
                                 desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
@@ -238,20 +249,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path) -> Path:
   return write_summary(workdir, list(models), [t.name for t in tasks])
 
 
-# A task counts as learnt when the teacher beats a model that learnt nothing by this many points.
+# A task counts as learnt when a model beats one that learnt nothing by this many points.
 LEARNT_MARGIN = 1.0
-
-
-def not_learnt(workdir: Path, tasks: list[str]) -> dict[str, tuple[float, float]]:
-  """Tasks the fine-tuned teacher did not learn: task -> (teacher score, trivial score), x100."""
-  out = {}
-  for task in tasks:
-    path = workdir / "glue" / "teacher" / task / "results.json"
-    result = json.loads(path.read_text()) if path.is_file() else {}
-    trivial = 100 * result.get("trivial_score", float("-inf"))
-    if 100 * result.get("score_mean", 0.0) <= trivial + LEARNT_MARGIN:
-      out[task] = (100 * result["score_mean"], 100 * result["trivial_score"])
-  return out
 
 
 def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
@@ -261,9 +260,7 @@ def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
   protocol, not the models: it stays in the table, marked, and is left out of the average."""
   import csv
 
-  unlearnt = not_learnt(workdir, tasks)
-  counted = [t for t in tasks if t not in unlearnt] or tasks
-  rows = []
+  rows, trivial_of = [], {}  # trivial_of: (model, task) -> the score of learning nothing
   for model in models:
     results = {}
     for task in tasks:
@@ -278,9 +275,15 @@ def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
       row[task] = 100 * results[task]["score_mean"] if task in results else float("nan")
       row[f"{task}_std"] = 100 * results[task]["score_std"] if task in results else float("nan")
       trivial = 100 * results.get(task, {}).get("trivial_score", float("-inf"))
+      trivial_of[model, task] = trivial
       row[f"{task}_learnt"] = not row[task] <= trivial + LEARNT_MARGIN
-    row["average"] = float(np.mean([row[t] for t in counted]))
     rows.append(row)
+  teacher = next((r for r in rows if r["model"] == "teacher"), None)
+  unlearnt = {t: (teacher[t], trivial_of["teacher", t]) for t in tasks
+              if teacher is not None and not teacher[f"{t}_learnt"]}
+  counted = [t for t in tasks if t not in unlearnt] or tasks
+  for row in rows:
+    row["average"] = float(np.mean([row[t] for t in counted]))
   out = workdir / "glue"
   out.mkdir(parents=True, exist_ok=True)
   with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:

@@ -157,6 +157,13 @@ def read_tsv(task: Task, glue_dir: str | os.PathLike, split: str) -> Examples:
   return Examples(texts, np.asarray(labels, dtype))
 
 
+def seeded_subset(n: int, keep: int, seed: int) -> np.ndarray:
+  """Sorted indices of a seeded random `keep` of `n` examples (all of them when keep is 0 or >= n)."""
+  if keep <= 0 or keep >= n:
+    return np.arange(n)
+  return np.sort(np.random.default_rng(seed).permutation(n)[:keep])
+
+
 def encode(examples: Examples, tokenizer, seq_len: int) -> dict[str, np.ndarray]:
   """Single sentences or sentence pairs -> padded ids, mask and segment ids of length seq_len."""
   columns = list(zip(*examples.texts, strict=True))

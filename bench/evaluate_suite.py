@@ -54,8 +54,8 @@ def main() -> None:
   _, held = data.split_heldout(len(tokens), config.data.heldout, config.seed)
   heldout = data.heldout_batches(tokens, held, config.search.batch_size)
   settings = evaluate.SuiteSettings.from_config(config, measures.read_pooling(teacher_dir))
-  suite = evaluate.build_suite(settings, f"{args.data_dir}/glue", data.load_tokenizer(teacher_dir), teacher,
-                               heldout)
+  texts = evaluate.read_texts(settings, f"{args.data_dir}/glue")
+  suite = evaluate.build_suite(settings, texts, data.load_tokenizer(teacher_dir), teacher, heldout)
   prepared = time.perf_counter() - start
   archs = nearest_archs(config, teacher, (0.75, 0.5, 0.25))
   subjects = [evaluate.Subject("teacher", "teacher", teacher)]

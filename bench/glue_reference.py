@@ -31,12 +31,9 @@ def protocol(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 
 def load_task(task: glue.Task, data_dir: str, tokenizer, seq_len: int, max_train: int, seed: int):
-  train = glue.encode(glue.read_split(task, data_dir, "train"), tokenizer, seq_len)
-  if max_train and max_train < len(train["labels"]):
-    keep = np.sort(np.random.default_rng(seed).permutation(len(train["labels"]))[:max_train])
-    train = {k: v[keep] for k, v in train.items()}
-  dev = {s: glue.encode(glue.read_split(task, data_dir, s), tokenizer, seq_len) for s in task.dev_splits}
-  return train, dev
+  """The same features the pipeline's fine-tuning stage builds (finetune.task_features)."""
+  splits = {s: glue.read_split(task, data_dir, s) for s in ("train", *task.dev_splits)}
+  return finetune.task_features(task, splits, tokenizer, seq_len, max_train, seed)
 
 
 def run_ours(teacher_dir, task, train, dev, cfg, lr: float, seed: int) -> dict:

@@ -26,8 +26,8 @@ def heldout(data_dir, teacher_dir):
 
 
 def _suite(settings, data_dir, teacher_dir, teacher, heldout):
-  return evaluate.build_suite(settings, str(data_dir / "glue"), data.load_tokenizer(teacher_dir), teacher,
-                              heldout)
+  texts = evaluate.read_texts(settings, str(data_dir / "glue"))
+  return evaluate.build_suite(settings, texts, data.load_tokenizer(teacher_dir), teacher, heldout)
 
 
 def test_linear_cka_is_one_for_the_same_features_and_ignores_rotation_and_zero_columns():
