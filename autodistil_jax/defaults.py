@@ -72,7 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.glue.warmup_ratio = 0.1  # linear warmup over this share of the steps, then linear decay
   c.glue.seq_len = 128
   c.glue.pad_multiple = 16  # each batch is cut to its longest row, rounded up to this (0: seq_len)
-  c.glue.dropout = 0.1
+  c.glue.dropout = 0.1  # hidden dropout, and on the pooled [CLS] before the head
+  c.glue.attention_dropout = 0.1  # on attention probabilities, as BERT's attention_probs_dropout_prob
   c.glue.max_train_examples = 0  # 0: all; else a seeded subset (for quick runs)
   c.glue.include_teacher = True
   c.glue.models = ()  # further HF BERT directories to fine-tune beside the exports

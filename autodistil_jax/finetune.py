@@ -54,7 +54,8 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup: int = 0) -> o
 
 @functools.lru_cache(maxsize=64)
 def make_functions(encoder_config: EncoderConfig, task: glue.Task, learning_rate: float, total_steps: int,
-                   warmup: int, dropout: float, mesh: jax.sharding.Mesh, dtype=jnp.float32):
+                   warmup: int, dropout: float, attention_dropout: float, mesh: jax.sharding.Mesh,
+                   dtype=jnp.float32):
   """Jitted (train_step, predict) for an encoder of `encoder_config` + a head, batch sharded over
   the mesh. Cached: every seed, and every model of the same architecture (a searched student and
   its baselines), reuses one compilation per input shape."""
@@ -64,7 +65,7 @@ def make_functions(encoder_config: EncoderConfig, task: glue.Task, learning_rate
   def logits_fn(params, batch, rng):
     out = nnx.merge(graphdef, params["encoder"])(
         batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-        dropout_rate=dropout, dropout_rng=rng, dtype=dtype)
+        dropout_rate=dropout, dropout_rng=rng, attention_dropout_rate=attention_dropout, dtype=dtype)
     pooled = out.pooled if out.pooled is not None else out.hidden[:, 0]
     if rng is not None:
       pooled = jnp.where(jax.random.bernoulli(jax.random.fold_in(rng, 1), 1 - dropout, pooled.shape),
@@ -139,7 +140,7 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
   total = steps_per_epoch * cfg.epochs
   optimizer, train_step, predict = make_functions(
       encoder.config, task, float(learning_rate), total, warmup_steps(total, cfg.warmup_ratio),
-      float(cfg.dropout), mesh)
+      float(cfg.dropout), float(cfg.attention_dropout), mesh)
   params = {"encoder": get_params(encoder),
             "head": init_head(encoder.config.hidden, task.num_labels, seed)}
   # A copy: the step donates its parameters, and the encoder's own arrays must survive this run.

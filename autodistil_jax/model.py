@@ -180,6 +180,21 @@ def _dropout(x, rate: float, rng):
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def attention(q, k, v, key_mask, dropout_rate: float = 0.0, rng=None):
+  """Scaled dot-product attention over [B, T, heads, head_size]; `key_mask` is [B, 1, 1, T].
+
+  Without dropout this is jax.nn.dot_product_attention (the fused path accelerators want). With
+  it, the probabilities are spelt out so they can be dropped as BERT's attention_probs_dropout
+  does; fine-tuning uses this to train as transformers' BertModel does (tested equal at rate 0).
+  """
+  if rng is None or dropout_rate == 0.0:
+    return jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+  logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
+  probs = _dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, rng).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
 class BertEncoder(nnx.Module):
   """Post-LN BERT encoder with masked dynamic width and mapped depth."""
 
@@ -193,11 +208,13 @@ class BertEncoder(nnx.Module):
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                token_type_ids: jax.Array | None = None, arch: jax.Array | None = None, *,
                dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
-               dtype: jnp.dtype = jnp.float32, unroll: int | bool = 1) -> EncoderOutput:
+               attention_dropout_rate: float = 0.0, dtype: jnp.dtype = jnp.float32,
+               unroll: int | bool = 1) -> EncoderOutput:
     """Encodes a batch; `arch` is [layers, hidden, ffn, heads] (None: full size, no masks).
 
-    Dropout applies only when `dropout_rng` is given. `dtype` is the matmul compute dtype;
-    parameters stay fp32 and LayerNorm runs in fp32. `unroll` is lax.scan's, over layers
+    Dropout applies only when `dropout_rng` is given: `dropout_rate` on the embeddings and each
+    sub-layer's output, `attention_dropout_rate` on the attention probabilities. `dtype` is the
+    matmul compute dtype; parameters stay fp32 and LayerNorm runs in fp32. `unroll` is lax.scan's, over layers
     (True unrolls all, which also lets XLA's cost analysis count every layer).
     """
     c = self.config
@@ -231,10 +248,11 @@ class BertEncoder(nnx.Module):
 
     def layer(h, p, rng):
       r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
+      r3 = jax.random.fold_in(rng, 2) if rng is not None else None  # leaves r1, r2 as they were
       x = h.astype(dtype)
       proj = [x @ p[f"{n}_kernel"].astype(dtype) + p[f"{n}_bias"].astype(dtype) for n in "qkv"]
       q, k, v = (t.reshape(batch, length, c.heads, c.head_size) for t in proj)
-      ctx = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+      ctx = attention(q, k, v, key_mask, attention_dropout_rate, r3)
       if head_mask is not None:
         ctx = ctx * head_mask[:, None]
         q, k, v = (t * head_mask[:, None] for t in (q, k, v))

@@ -27,7 +27,8 @@ from autodistil_jax import data, finetune, glue, hf_io, parallel
 def protocol(args: argparse.Namespace) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "batch_size": args.batch_size, "eval_batch_size": 128, "epochs": args.epochs,
-      "warmup_ratio": args.warmup_ratio, "pad_multiple": 16, "dropout": 0.1})
+      "warmup_ratio": args.warmup_ratio, "pad_multiple": 16, "dropout": 0.1,
+      "attention_dropout": 0.1})
 
 
 def load_task(task: glue.Task, data_dir: str, tokenizer, seq_len: int, max_train: int, seed: int):

@@ -35,7 +35,8 @@ def sst2(data_dir, teacher_dir):
 
 def _cfg(pad_multiple, dropout=0.1):
   return ml_collections.ConfigDict({"batch_size": 16, "eval_batch_size": 32, "epochs": 2,
-                                    "dropout": dropout, "pad_multiple": pad_multiple,
+                                    "dropout": dropout, "attention_dropout": dropout,
+                                    "pad_multiple": pad_multiple,
                                     "warmup_ratio": 0.0})
 
 
@@ -62,7 +63,7 @@ def test_seeds_and_same_shaped_models_share_one_compilation(teacher, sst2):
   runs = [finetune.finetune(model, task, train, dev, _cfg(16), 1e-4, seed, mesh)
           for model, seed in [(sliced, 0), (sliced, 1), (scratch, 0)]]
   assert finetune.make_functions.cache_info().misses == misses + 1
-  _, train_step, predict = finetune.make_functions(sliced.config, task, 1e-4, 8, 0, 0.1, mesh)
+  _, train_step, predict = finetune.make_functions(sliced.config, task, 1e-4, 8, 0, 0.1, 0.1, mesh)
   assert train_step._cache_size() <= 64 // 16  # one compilation per padded length at most
   assert runs[0].epochs != runs[1].epochs or runs[0].epochs != runs[2].epochs
   # The encoder's own parameters survive the runs (the step donates only its copy).

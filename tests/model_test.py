@@ -133,6 +133,36 @@ def test_dropout_is_active_only_with_a_key(teacher):
   assert float(jnp.abs(a - b).max()) > 1e-2 and float(jnp.abs(b - c).max()) == 0.0
 
 
+def test_spelt_out_attention_is_the_fused_one_and_its_dropout_is_unbiased():
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 7, 3, 8)), jnp.float32) for _ in range(3))
+  key_mask = jnp.asarray(np.arange(7)[None] < np.array([7, 4])[:, None])[:, None, None, :]
+  fused = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+  np.testing.assert_array_equal(M.attention(q, k, v, key_mask, 0.1), fused)  # no key: fused
+  # A vanishing rate keeps every probability: the spelt-out path's masking and scaling are exact.
+  spelt = M.attention(q, k, v, key_mask, 1e-9, jax.random.key(0))
+  np.testing.assert_allclose(spelt, fused, atol=1e-6)
+  dropped = jax.vmap(lambda key: M.attention(q, k, v, key_mask, 0.3, key))(
+      jax.random.split(jax.random.key(1), 4000))
+  assert float(jnp.abs(dropped[0] - fused).max()) > 0.1  # some probabilities were dropped
+  np.testing.assert_allclose(dropped.mean(0), fused, atol=0.05)  # and the rest rescaled
+  # Padding keys get no weight with or without dropout: changing their values changes nothing.
+  v2 = v.at[1, 4:].set(100.0)
+  np.testing.assert_array_equal(M.attention(q, k, v2, key_mask, 0.3, jax.random.key(2))[1],
+                                M.attention(q, k, v, key_mask, 0.3, jax.random.key(2))[1])
+
+
+def test_attention_dropout_is_separate_from_hidden_dropout(teacher):
+  ids, mask, types = _padded_batch(teacher.config.vocab_size)
+  key = jax.random.key(0)
+  hidden_only = teacher(ids, mask, types, dropout_rate=0.1, dropout_rng=key).hidden
+  both = teacher(ids, mask, types, dropout_rate=0.1, attention_dropout_rate=0.1, dropout_rng=key).hidden
+  attention_only = teacher(ids, mask, types, attention_dropout_rate=0.1, dropout_rng=key).hidden
+  plain = teacher(ids, mask, types).hidden
+  assert float(jnp.abs(both - hidden_only).max()) > 1e-2
+  assert float(jnp.abs(attention_only - plain).max()) > 1e-2
+
+
 def test_bad_arch_or_params_are_named(teacher):
   sup = M.init_superlm(teacher, _subspaces(teacher)["tiny"])
   with pytest.raises(ValueError, match="hidden=384 exceeds this model's 112"):
