@@ -20,6 +20,8 @@ import grain
 import numpy as np
 from absl import logging
 
+from autodistil_jax.workdir import temp_sibling
+
 # WikiText section headings look like " = = Title = = "; they are not paragraphs.
 _HEADING = re.compile(r"^\s*(=\s*)+[^=].*?(\s*=)+\s*$")
 _TOKENIZE_CHUNK = 1024
@@ -153,6 +155,11 @@ def _chain_end(texts: Iterator[str]) -> Iterator[str | None]:
   yield None
 
 
+def corpus_files(spec: str) -> list[Path]:
+  """The local files of a corpus spec (tfds: items have none)."""
+  return [p for item in _corpus_items(spec) if not item.startswith("tfds:") for p in _expand(item)]
+
+
 def corpus_fingerprint(spec: str, tokenizer_dir: str, seq_len: int, pack: bool, **tfds_args) -> str:
   """A key for the token cache: the sources (with sizes and mtimes), tokenizer and layout."""
   parts = [spec, str(tokenizer_dir), str(seq_len), str(pack), json.dumps(tfds_args, sort_keys=True)]
@@ -189,8 +196,9 @@ def load_corpus(spec: str, tokenizer_dir: str | os.PathLike, seq_len: int, *, pa
                      f"the {min_sequences[0]} needed ({min_sequences[1]}): add text or lower those")
   if fresh and cache is not None:
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, tokens)
+    tmp = temp_sibling(cache)
+    with open(tmp, "wb") as f:
+      np.save(f, tokens)
     os.replace(tmp, cache)  # atomic: a half-written cache is never read
   return tokens
 

@@ -301,3 +301,50 @@ def run_suite(subjects: Sequence[Subject], suite: SuiteData) -> list[dict]:
                               strict=True):
       rows.append({**info, **measured})
   return rows
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+def read_inputs(config: ml_collections.ConfigDict) -> tuple[SuiteSettings, SuiteTexts]:
+  """The suite's settings and texts, checked and read before any other work (bad settings or GLUE
+  files stop the stage here, naming the key or file)."""
+  if not config.data.glue_dir:
+    raise ValueError("config.data.glue_dir is not set: the suite reads STS-B dev and the probe tasks "
+                     "from it; pass --config.data.glue_dir=PATH (the GLUE TSV root)")
+  from autodistil_jax import hf_io
+
+  pooling = measures.read_pooling(hf_io.resolve_checkpoint(config.teacher))
+  settings = SuiteSettings.from_config(config, pooling)
+  return settings, read_texts(settings, config.data.glue_dir)
+
+
+def run_stage(config: ml_collections.ConfigDict, wd, inputs: tuple[SuiteSettings, SuiteTexts],
+              teacher: BertEncoder, selected: Sequence[dict], load_superlms,
+              corpus: tuple[np.ndarray, np.ndarray, np.ndarray]):
+  """Scores the teacher, every export of `wd` (selected students not exported: inside their
+  SuperLM, from `load_superlms(names)`), their twins and config.evaluate.models; writes
+  wd.evaluate_dir and each export's card section. Returns the suite table's path."""
+  from pathlib import Path
+
+  from autodistil_jax import data, evaluate_report, hf_io
+
+  settings, texts = inputs
+  exports = wd.exports()
+  not_exported: dict[str, list[Arch]] = {}
+  for row in selected:
+    if f"{row['subspace']}-{row['name']}" not in exports:
+      not_exported.setdefault(row["subspace"], []).append(Arch.from_row(row))
+  superlms = load_superlms(list(not_exported)) if not_exported else {}
+  subjects = workdir_subjects(
+      teacher, {n: hf_io.load_bert(p) for n, p in exports.items()},
+      {n: (superlms[n][0], a) for n, a in not_exported.items()},
+      {f"{r['subspace']}-{r['name']}" for r in selected}, config.evaluate.baselines, config.seed)
+  subjects += [Subject(Path(p).name, "model", hf_io.load_bert(p)) for p in config.evaluate.models]
+  tokens, _, heldout_idx = corpus
+  heldout = data.heldout_batches(tokens, heldout_idx, config.search.batch_size, teacher.config.pad_token_id)
+  tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(config.teacher))
+  rows = run_suite(subjects, build_suite(settings, texts, tokenizer, teacher, heldout))
+  if jax.process_index() == 0:
+    out = evaluate_report.write_report(wd.evaluate_dir, rows, exports)
+    print(f"evaluation suite ({out}):\n" + evaluate_report.markdown_table(rows))
+  return wd.evaluate_dir / "suite.md"

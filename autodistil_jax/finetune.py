@@ -22,9 +22,10 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from autodistil_jax import data, glue, hf_io, parallel
+from autodistil_jax import data, glue, hf_io, parallel, records
 from autodistil_jax.model import BertEncoder, EncoderConfig, count_params, get_params
 from autodistil_jax.search_space import exact_flops
+from autodistil_jax.workdir import Workdir, temp_sibling
 
 
 def init_head(hidden: int, num_labels: int, seed: int) -> dict:
@@ -185,13 +186,10 @@ def task_features(task: glue.Task, splits: dict[str, glue.Examples], tokenizer, 
   return train, {s: glue.encode(splits[s], tokenizer, seq_len) for s in task.dev_splits}
 
 
-def finetune_models(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, str]:
+def finetune_models(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, str]:
   """name -> checkpoint: the teacher first, then every export, then config.glue.models."""
   models = {"teacher": str(config.teacher)} if config.glue.include_teacher else {}
-  export_dir = workdir / "export"
-  if export_dir.is_dir():
-    models.update({p.name: str(p) for p in sorted(export_dir.iterdir())
-                   if p.is_dir() and not p.name.startswith(".")})
+  models.update({name: str(path) for name, path in wd.exports().items()})
   for path in config.glue.models:
     models[Path(path).name] = str(path)
   if not models:
@@ -200,16 +198,39 @@ def finetune_models(config: ml_collections.ConfigDict, workdir: Path) -> dict[st
   return models
 
 
-def run_stage(config: ml_collections.ConfigDict, workdir: Path) -> Path:
-  """Fine-tunes every model on every task of config.glue.tasks; results.json per (model, task),
-  skipping those already done, then the summary table."""
+# Settings a result does not depend on: which other tasks and models are run beside it.
+_NOT_INPUTS = ("tasks", "models", "include_teacher", "eval_batch_size")
+
+
+def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, checkpoint: str) -> dict:
+  """What one (model, task) result depends on: the fine-tuning settings, the seed, the task's
+  data and the model's files. A stored result is reused only when these match."""
+  settings = {k: v for k, v in records.flatten(config.glue).items() if k not in _NOT_INPUTS}
+  return {**settings, "seed": config.seed, "data": glue.identity([task], config.data.glue_dir),
+          "model": records.checkpoint_identity(hf_io.resolve_checkpoint(checkpoint))}
+
+
+def _reusable(path: Path, inputs: dict) -> str | None:
+  """None when the result at `path` can be reused, else why not."""
+  stored = json.loads(path.read_text(encoding="utf-8"))
+  if changes := records.changed_keys(stored.get("inputs", {}), inputs):
+    return "made with other inputs: " + "; ".join(changes)
+  if not np.isfinite(stored.get("score_mean", float("nan"))):
+    return "its score is not finite"
+  return None
+
+
+def run_stage(config: ml_collections.ConfigDict, wd: Workdir) -> Path:
+  """Fine-tunes every model on every task of config.glue.tasks; one results.json per (model,
+  task), reused on a re-run only when its inputs (result_inputs) match and its score is finite
+  (others are moved aside to wd's replaced/ and recomputed), then the summary table."""
   g = config.glue
   if not config.data.glue_dir:
     raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root, "
                      "or tfds: for tensorflow-datasets)")
   tasks = [glue.get_task(t) for t in g.tasks]
   mesh = parallel.make_mesh()
-  models = finetune_models(config, workdir)
+  models = finetune_models(config, wd)
   splits = {t.name: {"train": glue.read_split(t, config.data.glue_dir, "train"),
                      **{s: glue.read_split(t, config.data.glue_dir, s) for s in t.dev_splits}}
             for t in tasks}
@@ -217,45 +238,55 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path) -> Path:
     encoder = hf_io.load_bert(checkpoint)
     tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(checkpoint))
     for task in tasks:
-      out = workdir / "glue" / model_name / task.name / "results.json"
+      out, inputs = wd.glue_result(model_name, task.name), result_inputs(config, task, checkpoint)
       if out.is_file():
-        continue
-      train, dev = task_features(task, splits[task.name], tokenizer, g.seq_len, g.max_train_examples,
-                                 config.seed)
-      start = time.perf_counter()
-      runs = [finetune(encoder, task, train, dev, g, lr, seed, mesh,
-                                desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
-              for lr in g.learning_rates for seed in g.seeds]
-      by_lr = {lr: [glue.main_score(task, next(iter(r.best.values()))) for r in runs
-                    if r.learning_rate == lr] for lr in g.learning_rates}
-      best_lr = max(by_lr, key=lambda lr: np.mean(by_lr[lr]))
-      scores = by_lr[best_lr]
-      result = {"model": model_name, "checkpoint": checkpoint, "task": task.name,
-                "params": count_params(encoder),
-                "flops": exact_flops(encoder.config.full_arch(), g.seq_len, encoder.config.head_size,
-                                     encoder.config.pooler), "best_lr": best_lr,
-                "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
-                "train_examples": int(len(train["labels"])),
-                "trivial_score": glue.trivial_score(task, train["labels"],
-                                                    next(iter(dev.values()))["labels"]),
-                "seconds": round(time.perf_counter() - start, 1),  # every run, compiles included
-                "runs": [dataclasses.asdict(r) for r in runs]}
+        if (why := _reusable(out, inputs)) is None:
+          continue
+        aside = wd.move_aside([out]) if jax.process_index() == 0 else None
+        print(f"{model_name} {task.name}: the stored result is {why}; recomputing (old one in {aside})")
+      result = _finetune_task(encoder, task, splits[task.name], tokenizer, config, mesh, model_name)
+      result.update(checkpoint=checkpoint, inputs=inputs)
       if jax.process_index() == 0:
+        if not np.isfinite(result["score_mean"]):
+          print(f"warning: {model_name} {task.name} scored {result['score_mean']} (not finite); "
+                "saved, and recomputed on the next run")
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        tmp = temp_sibling(out)
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         os.replace(tmp, out)
         print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
-              f"(+-{100 * result['score_std']:.1f}, lr {best_lr:g})")
-  return write_summary(workdir, list(models), [t.name for t in tasks])
+              f"(+-{100 * result['score_std']:.1f}, lr {result['best_lr']:g})")
+  return write_summary(wd, list(models), [t.name for t in tasks])
+
+
+def _finetune_task(encoder, task: glue.Task, splits, tokenizer, config, mesh, model_name: str) -> dict:
+  """Every learning rate x seed of the grid on one task; the best learning rate by mean score."""
+  g = config.glue
+  train, dev = task_features(task, splits, tokenizer, g.seq_len, g.max_train_examples, config.seed)
+  start = time.perf_counter()
+  runs = [finetune(encoder, task, train, dev, g, lr, seed, mesh,
+                   desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
+          for lr in g.learning_rates for seed in g.seeds]
+  by_lr = {lr: [glue.main_score(task, next(iter(r.best.values()))) for r in runs
+                if r.learning_rate == lr] for lr in g.learning_rates}
+  best_lr = max(by_lr, key=lambda lr: np.nan_to_num(np.mean(by_lr[lr]), nan=-np.inf))
+  scores = by_lr[best_lr]
+  return {"model": model_name, "task": task.name, "params": count_params(encoder),
+          "flops": exact_flops(encoder.config.full_arch(), g.seq_len, encoder.config.head_size,
+                               encoder.config.pooler), "best_lr": best_lr,
+          "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
+          "train_examples": int(len(train["labels"])),
+          "trivial_score": glue.trivial_score(task, train["labels"], next(iter(dev.values()))["labels"]),
+          "seconds": round(time.perf_counter() - start, 1),  # every run, compiles included
+          "runs": [dataclasses.asdict(r) for r in runs]}
 
 
 # A task counts as learnt when a model beats one that learnt nothing by this many points.
 LEARNT_MARGIN = 1.0
 
 
-def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
-  """<workdir>/glue/summary.csv and summary.md: model, params, FLOPs, a column per task, average.
+def write_summary(wd: Workdir, models: list[str], tasks: list[str]) -> Path:
+  """wd.glue_summary("csv") and ("md"): model, params, FLOPs, a column per task, average.
 
   A task the teacher did not learn (not LEARNT_MARGIN above the majority-class score) measures the
   protocol, not the models: it stays in the table, marked, and is left out of the average."""
@@ -265,7 +296,7 @@ def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
   for model in models:
     results = {}
     for task in tasks:
-      path = workdir / "glue" / model / task / "results.json"
+      path = wd.glue_result(model, task)
       if path.is_file():
         results[task] = json.loads(path.read_text())
     if not results:
@@ -285,9 +316,8 @@ def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
   counted = [t for t in tasks if t not in unlearnt] or tasks
   for row in rows:
     row["average"] = float(np.mean([row[t] for t in counted]))
-  out = workdir / "glue"
-  out.mkdir(parents=True, exist_ok=True)
-  with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
+  wd.glue_root.mkdir(parents=True, exist_ok=True)
+  with open(wd.glue_summary("csv"), "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
     writer.writeheader()
     writer.writerows(rows)
@@ -305,7 +335,7 @@ def write_summary(workdir: Path, models: list[str], tasks: list[str]) -> Path:
                  "nothing (majority class; 0 for STS-B) at this budget on " + ", ".join(
                      f"{t} ({s:.1f} vs {b:.1f})" for t, (s, b) in unlearnt.items())
                  + ": raise glue.max_train_examples / glue.epochs, or drop the task.")
-  (out / "summary.md").write_text("\n".join(lines) + "\n")
+  wd.glue_summary("md").write_text("\n".join(lines) + "\n")
   if jax.process_index() == 0:
     print("\n".join(lines))
-  return out / "summary.md"
+  return wd.glue_summary("md")

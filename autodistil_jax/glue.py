@@ -114,9 +114,22 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def tsv_path(task: Task, glue_dir: str | os.PathLike, split: str) -> Path:
+  return Path(glue_dir) / task.directory / f"{split}.tsv"
+
+
+def identity(tasks: list[Task] | tuple[Task, ...], glue_dir: str) -> str:
+  """What the tasks' data is: their TSV files' contents (records.files_identity), or the tfds spec."""
+  from autodistil_jax import records
+
+  if str(glue_dir).startswith(TFDS_PREFIX):
+    return str(glue_dir)
+  return records.files_identity(tsv_path(t, glue_dir, s) for t in tasks for s in ("train", *t.dev_splits))
+
+
 def read_tsv(task: Task, glue_dir: str | os.PathLike, split: str) -> Examples:
   """One split of a task from the original GLUE TSV files under `glue_dir`."""
-  path = Path(glue_dir) / task.directory / f"{split}.tsv"
+  path = tsv_path(task, glue_dir, split)
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: set config.data.glue_dir to the GLUE TSV root "
                             f"(the folder holding {task.directory}/)")

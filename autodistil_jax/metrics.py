@@ -1,4 +1,4 @@
-"""Training metrics to <workdir>/metrics.jsonl and TensorBoard event files (process 0 only)."""
+"""Training metrics to the workdir's metrics.jsonl and TensorBoard event files (process 0 only)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,24 @@ from pathlib import Path
 
 import jax
 
+from autodistil_jax.workdir import Workdir, temp_sibling
+
 
 class MetricsWriter:
   """Appends one JSON object per logged step and mirrors the scalars to TensorBoard."""
 
-  def __init__(self, workdir: str | os.PathLike, run: str, resume_step: int | None = None):
+  def __init__(self, wd: Workdir, run: str, resume_step: int | None = None):
     self.active = jax.process_index() == 0
     self.run = run
     if not self.active:
       return
     from tensorboardX import SummaryWriter
 
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    wd.root.mkdir(parents=True, exist_ok=True)
     if resume_step is not None:
-      _drop_records_after(workdir / "metrics.jsonl", run, resume_step)
-    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-    self._tb = SummaryWriter(str(workdir / "tensorboard" / run))
+      _drop_records_after(wd.metrics_file, run, resume_step)
+    self._jsonl = open(wd.metrics_file, "a", encoding="utf-8")  # noqa: SIM115
+    self._tb = SummaryWriter(str(wd.tensorboard(run)))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.active:
@@ -42,9 +43,9 @@ class MetricsWriter:
       self._tb.close()
 
 
-def read_metrics(workdir: str | os.PathLike, run: str | None = None) -> list[dict]:
+def read_metrics(wd: Workdir | str | os.PathLike, run: str | None = None) -> list[dict]:
   """The logged records (of one run, if given), in order."""
-  path = Path(workdir) / "metrics.jsonl"
+  path = Workdir.of(wd).metrics_file
   if not path.is_file():
     return []
   records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
@@ -59,7 +60,7 @@ def _drop_records_after(path: Path, run: str, step: int) -> None:
   lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
   kept = [line for line in lines if line.strip() and _keep(line, run, step)]
   if len(kept) != len(lines):
-    tmp = path.with_suffix(".jsonl.tmp")
+    tmp = temp_sibling(path)
     tmp.write_text("".join(kept), encoding="utf-8")
     os.replace(tmp, path)
 

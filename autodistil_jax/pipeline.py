@@ -1,23 +1,27 @@
-"""The stages a user runs from launch/main.py, wired from one config."""
+"""The stages a user runs from launch/main.py, wired from one config: each loads its inputs, calls
+the library and writes through the Workdir; `run` holds the workdir and, from the stage records
+(records.py), decides what runs, what is reused and what is refused."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
-from tqdm import tqdm
 
-from autodistil_jax import atomic, data, export, hf_io, parallel, search
+from autodistil_jax import data, evaluate, export, finetune, glue, hf_io, parallel, records, search
 from autodistil_jax.metrics import read_metrics
 from autodistil_jax.model import BertEncoder, get_params
-from autodistil_jax.search_space import Arch, Vocab
-from autodistil_jax.train import DTYPES, load_superlm, subspace_from_config, train_superlm
+from autodistil_jax.search_space import Arch, SubSpace
+from autodistil_jax.train import DTYPES, check_record, load_superlm, train_superlm
+from autodistil_jax.workdir import Workdir, WorkdirBusy
+
+STAGES = records.STAGES
+# What a user got wrong (config, paths, inputs): launch/main.py prints these as one line and exits 2.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # StaleInputs, WorkdirBusy included
 
 
 def setup_distributed(config: ml_collections.ConfigDict) -> None:
@@ -27,6 +31,12 @@ def setup_distributed(config: ml_collections.ConfigDict) -> None:
       d.process_id if d.process_id >= 0 else None)
 
 
+def subspaces(config: ml_collections.ConfigDict) -> dict[str, SubSpace]:
+  """The configured sub-spaces, smallest first."""
+  spaces = [SubSpace.from_config(n, config.subspaces[n]) for n in config.subspaces]
+  return {s.name: s for s in sorted(spaces, key=lambda s: (s.hidden[-1], s.layers[-1], s.name))}
+
+
 def load_teacher(config: ml_collections.ConfigDict) -> BertEncoder:
   teacher = hf_io.load_bert(config.teacher)
   if config.data.seq_len > teacher.config.max_position:
@@ -34,302 +44,221 @@ def load_teacher(config: ml_collections.ConfigDict) -> BertEncoder:
                      f"max_position_embeddings ({teacher.config.max_position}); lower it")
   if not config.subspaces:
     raise ValueError("config.subspaces is empty: the config must define at least one sub-space")
-  for name in config.subspaces:
-    subspace_from_config(name, config.subspaces[name]).check_fits(teacher.config.teacher_shape)
+  for space in subspaces(config).values():
+    space.check_fits(teacher.config.teacher_shape)
   return teacher
 
 
-def load_split_corpus(config: ml_collections.ConfigDict,
-                      workdir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stage_inputs(config: ml_collections.ConfigDict, stage: str, subspace: str | None = None) -> dict:
+  """records.stage_inputs with the identities of the files the stages up to `stage` read."""
+  files = {"train": {"teacher": records.checkpoint_identity(hf_io.resolve_checkpoint(config.teacher)),
+                     "corpus": records.files_identity(data.corpus_files(config.data.corpus))}}
+  glue_dir = config.data.glue_dir
+  identity = lambda names: glue.identity([glue.get_task(t) for t in names], glue_dir)
+  if STAGES.index(stage) >= STAGES.index("evaluate") and glue_dir:
+    files["evaluate"] = {"glue_evaluate": identity(("stsb", *config.evaluate.probe_tasks))}
+  if stage == "finetune" and glue_dir:
+    files["finetune"] = {"glue_finetune": identity(config.glue.tasks)}
+  return records.stage_inputs(config, stage, files, subspace)
+
+
+def load_split_corpus(config: ml_collections.ConfigDict, wd: Workdir) -> tuple[np.ndarray, ...]:
   """(tokens, train indices, held-out indices) of the configured corpus, tokenised once."""
   d = config.data
   if not d.corpus:
     raise ValueError("config.data.corpus is not set: pass --config.data.corpus=PATH_OR_GLOB (or tfds:NAME)")
   tokens = data.load_corpus(d.corpus, hf_io.resolve_checkpoint(config.teacher), d.seq_len, pack=d.pack,
-                            cache_dir=workdir / "data_cache", tfds_split=d.tfds_split,
+                            cache_dir=wd.data_cache, tfds_split=d.tfds_split,
                             tfds_data_dir=d.tfds_data_dir or None, text_key=d.text_key,
                             min_sequences=(d.heldout + config.train.batch_size,
                                            "config.data.heldout + config.train.batch_size"))
-  train_idx, heldout_idx = data.split_heldout(len(tokens), d.heldout, config.seed)
-  return tokens, train_idx, heldout_idx
+  return (tokens, *data.split_heldout(len(tokens), d.heldout, config.seed))
 
 
-def check_workdir(workdir: str | os.PathLike) -> Path:
-  """The workdir as a Path, after checking it can be written. A workdir that does not exist yet
-  is not created here: each stage creates what it writes, so a command that fails its checks
-  leaves nothing behind."""
-  path = Path(workdir).expanduser().absolute()
-  problem = None
-  if path.exists():
-    if not path.is_dir():
-      problem = "it is a file"
-    else:
-      try:
-        probe = path / f".write_probe_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-      except OSError as e:
-        problem = e.strerror
-  else:
-    parent = next(p for p in path.parents if p.exists())
-    if not parent.is_dir():
-      problem = f"{parent} is a file"
-    elif not os.access(parent, os.W_OK | os.X_OK):
-      problem = f"{parent} is not writable"
-  if problem:
-    raise ValueError(f"workdir {str(path)!r} cannot be written ({problem}); choose another --workdir")
-  return path
+def _superlms(config, wd: Workdir, teacher, mesh, names) -> dict[str, tuple[BertEncoder, int]]:
+  """The trained SuperLMs of `names`, each checked against its record before it is read."""
+  for name in names:
+    check_record(wd, name, stage_inputs(config, "train", name))
+  return {name: load_superlm(config, wd, name, teacher, mesh) for name in names}
 
 
-def run_train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, dict]:
+def run_train(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, dict]:
   """Trains the SuperLM of every configured sub-space; returns their parameters by name."""
-  workdir = check_workdir(workdir)
   teacher = load_teacher(config)
-  tokens, train_idx, _ = load_split_corpus(config, workdir)
+  inputs = {name: stage_inputs(config, "train", name) for name in subspaces(config)}
+  for name, own in inputs.items():  # every sub-space's checkpoints before any work
+    check_record(wd, name, own)
+  tokens, train_idx, _ = load_split_corpus(config, wd)
   mesh = parallel.make_mesh()
-  logging.info("training on %d devices over %d processes; %d training sequences",
-               jax.device_count(), jax.process_count(), len(train_idx))
-  trained = {name: train_superlm(config, workdir, name, teacher, tokens, train_idx, mesh)
-             for name in subspace_names(config)}
+  trained = {name: train_superlm(config, wd, name, teacher, tokens, train_idx, mesh, inputs=own)
+             for name, own in inputs.items()}
   if jax.process_index() == 0:
-    print(training_summary(workdir, list(trained)))
+    lines = ["SuperLM training: loss at first -> last logged step (largest / smallest / random)"]
+    for name in trained:
+      if logged := read_metrics(wd, f"superlm/{name}"):
+        first, last = logged[0], logged[-1]
+        sizes = " / ".join(f"{first[k]:.4g} -> {last[k]:.4g}" for k in first
+                           if k.startswith("loss/") and k in last)
+        lines.append(f"  {name:>6} steps {first['step']}..{last['step']}: {sizes}")
+    print("\n".join(lines))
   return trained
 
 
-def training_summary(workdir: Path, names: list[str]) -> str:
-  """Per sub-space: the distillation loss of each sampled size at the first and last log."""
-  lines = ["SuperLM training: loss at first -> last logged step (largest / smallest / random)"]
-  for name in names:
-    records = read_metrics(workdir, f"superlm/{name}")
-    if not records:
-      continue
-    first, last = records[0], records[-1]
-    sizes = " / ".join(f"{first[k]:.4g} -> {last[k]:.4g}"
-                       for k in first if k.startswith("loss/") and k in last)
-    lines.append(f"  {name:>6} steps {first['step']}..{last['step']}: {sizes}")
-  return "\n".join(lines)
-
-
-def subspace_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The configured sub-spaces, smallest first."""
-  spaces = [subspace_from_config(n, config.subspaces[n]) for n in config.subspaces]
-  return [s.name for s in sorted(spaces, key=lambda s: (s.hidden[-1], s.layers[-1], s.name))]
-
-
-def _heldout_global_batches(config, tokens, heldout_idx, mesh, pad_id) -> list[dict]:
-  """Fixed held-out batches as global arrays (each host holds its rows)."""
+def run_search(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, dict]:
+  """Scores every student of every trained SuperLM; writes wd.search_dir and returns the selected
+  student per budget."""
   s = config.search
-  batches = data.heldout_batches(tokens, heldout_idx, s.batch_size, pad_id)
-  if s.num_batches > 0:
-    batches = batches[:s.num_batches]
-  return [parallel.global_batch_from_full(mesh, b) for b in batches]
-
-
-def run_search(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, dict]:
-  """Scores every student of every trained SuperLM; writes <workdir>/search/ and returns the
-  selected student per budget."""
-  workdir = check_workdir(workdir)
   teacher = load_teacher(config)
-  tokens, _, heldout_idx = load_split_corpus(config, workdir)
+  teacher_costs, budgets = search.teacher_costs_and_budgets(
+      teacher, s.budgets, config.data.seq_len, (s.latency_batch_size, s.latency_seq_len))
+  spaces = subspaces(config)
+  loaded = _superlms(config, wd, teacher, parallel.make_mesh(), spaces)
+  tokens, _, heldout_idx = load_split_corpus(config, wd)
   mesh = parallel.make_mesh()
-  s = config.search
-  dtype = DTYPES[s.dtype]
-  batches = _heldout_global_batches(config, tokens, heldout_idx, mesh, teacher.config.pad_token_id)
+  batches = data.heldout_batches(tokens, heldout_idx, s.batch_size, teacher.config.pad_token_id)
+  batches = [parallel.global_batch_from_full(mesh, b)
+             for b in (batches[:s.num_batches] if s.num_batches > 0 else batches)]
+  relations = search.make_teacher_relations(teacher, DTYPES[s.dtype])
   teacher_params = parallel.replicate(mesh, get_params(teacher))
-  relations = search.make_teacher_relations(teacher, dtype)
-  teacher_logits = [relations(teacher_params, b) for b in batches]
-  tokens_evaluated = int(sum(int(b["attention_mask"].sum()) for b in batches))
-  tc = teacher.config
-  vocab = Vocab(tc.vocab_size, tc.max_position, tc.type_vocab_size)
-  names = subspace_names(config)
-  spaces = {n: subspace_from_config(n, config.subspaces[n]) for n in names}
-  rows, superlms, timing = [], {}, {}
-  bar = tqdm(total=sum(len(sp) for sp in spaces.values()), desc="search", unit="student",
-             disable=jax.process_index() != 0, dynamic_ncols=True)
-  for name in names:
-    superlm, step = load_superlm(config, workdir, name, teacher, mesh)
-    superlms[name] = superlm
-    archs = spaces[name].enumerate()
-    evaluator = search.make_evaluator(superlm, config.train.loss, dtype)
-    start = time.perf_counter()
-    losses = search.score_students(evaluator, parallel.replicate(mesh, get_params(superlm)),
-                                   teacher_logits, batches, archs, s.students_per_call, bar.update)
-    wall = time.perf_counter() - start
-    timing[name] = {"students": len(archs), "wall_s": wall, "students_per_s": len(archs) / wall,
-                    "superlm_step": step, "compilations": evaluator._cache_size()}
-    for arch, loss in zip(archs, losses, strict=True):
-      rows.append({"subspace": name, "name": arch.name, "layers": arch.layers, "hidden": arch.hidden,
-                   "mlp_ratio": arch.mlp_ratio, "heads": arch.heads,
-                   **search.student_costs(arch, tc.head_size, config.data.seq_len,
-                                          vocab, tc.pooler),
-                   "loss": float(loss), "tokens": tokens_evaluated})
-  bar.close()
-  teacher_costs = search.student_costs(tc.full_arch(), tc.head_size, config.data.seq_len, vocab, tc.pooler)
-  budgets = [search.parse_budget(b, teacher_costs) for b in s.budgets]
-  if any(b.metric == "latency_ms" for b in budgets):
-    teacher_costs["latency_ms"] = search.measure_latency_ms(teacher, s.latency_batch_size, s.latency_seq_len)
-    budgets = [search.parse_budget(b, teacher_costs) for b in s.budgets]
-  selected = search.select(rows, budgets, superlms, (s.latency_batch_size, s.latency_seq_len),
-                           s.max_latency_trials)
+  rows, timing = search.score_subspaces(
+      {n: (m, step, spaces[n].enumerate()) for n, (m, step) in loaded.items()}, teacher,
+      [relations(teacher_params, b) for b in batches], batches, lambda p: parallel.replicate(mesh, p),
+      config.train.loss, DTYPES[s.dtype], s.students_per_call, config.data.seq_len)
+  selected = search.select(rows, budgets, {n: m for n, (m, _) in loaded.items()},
+                           (s.latency_batch_size, s.latency_seq_len), s.max_latency_trials)
   if jax.process_index() == 0:
-    target = workdir / "search"
-    tmp = atomic.temp_dir_for(target)
-    search.write_results_csv(tmp / "results.csv", rows)
-    search.plot_pareto(tmp / "pareto.png", rows, selected, teacher_costs["flops"])
-    (tmp / "selected.json").write_text(json.dumps(
-        {b: {**row, "budget_limit": next(x.limit for x in budgets if x.text == b)}
-         for b, row in selected.items()}, indent=2) + "\n")
-    (tmp / "summary.json").write_text(json.dumps(
-        {"teacher": {"name": config.teacher, **teacher_costs}, "timing": timing,
-         "pareto_front": [r["name"] + "@" + r["subspace"] for r in search.pareto_front(rows)]},
-        indent=2) + "\n")
-    atomic.replace_dir(tmp, target)
-    lines = [f"search: {len(rows)} students in {sum(t['wall_s'] for t in timing.values()):.1f} s"]
-    lines += [f"  {n:>6}: {t['students']} students, {t['wall_s']:.1f} s, {t['students_per_s']:.1f}/s"
-              for n, t in timing.items()]
-    lines += [f"  {b}: {r['name']} ({r['subspace']}) loss {r['loss']:.4g}, "
-              f"{r['flops'] / 1e9:.3f} GFLOPs, {r['params'] / 1e6:.2f}M params" for b, r in selected.items()]
-    print("\n".join(lines))
+    print(search.write_outputs(wd.search_dir, rows, selected, budgets,
+                               {"name": config.teacher, **teacher_costs}, timing))
   return selected
 
 
-def parse_arch(text: str) -> Arch:
-  try:
-    layers, hidden, ratio, heads = (p.strip() for p in text.split(","))
-    return Arch(int(layers), int(hidden), float(ratio), int(heads))
-  except ValueError as e:
-    raise ValueError(f"config.export.arch={text!r} is not 'L,H,R,A' (e.g. '4,96,3.0,8')") from e
-
-
-def run_export(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[Path]:
+def run_export(config: ml_collections.ConfigDict, wd: Workdir) -> list:
   """Exports the selected students (or config.export.arch of config.export.subspace) to
-  <workdir>/export/<subspace>-<arch>/ as Hugging Face checkpoints."""
-  workdir = check_workdir(workdir)
+  wd.export_dir(...) as Hugging Face checkpoints."""
   e = config.export
   if e.arch or e.subspace:
     if not (e.arch and e.subspace in config.subspaces):
       raise ValueError("export of one student needs config.export.arch='L,H,R,A' and "
                        f"config.export.subspace, one of {sorted(config.subspaces)}")
-    wanted = {(e.subspace, parse_arch(e.arch)): None}
+    wanted = {(e.subspace, Arch.parse(e.arch, "config.export.arch")): None}
   else:
-    selected_file = workdir / "search" / "selected.json"
-    if not selected_file.is_file():
-      raise FileNotFoundError(f"{selected_file} not found: run --mode=search first, or give "
+    if not wd.selected_file.is_file():
+      raise FileNotFoundError(f"{wd.selected_file} not found: run --mode=search first, or give "
                               "config.export.arch and config.export.subspace")
-    selected = json.loads(selected_file.read_text())
-    wanted = {}
-    for row in selected.values():
-      wanted[(row["subspace"], Arch.from_row(row))] = row["loss"]
-  teacher = load_teacher(config)
-  teacher_dir = hf_io.resolve_checkpoint(config.teacher)
-  mesh = parallel.make_mesh()
+    wanted = {(r["subspace"], Arch.from_row(r)): r["loss"]
+              for r in json.loads(wd.selected_file.read_text()).values()}
+  spaces = subspaces(config)
   for name, arch in wanted:
-    subspace_from_config(name, config.subspaces[name]).check_arch(arch)
-  targets = [workdir / "export" / f"{name}-{arch.name}" for name, arch in wanted]
-  clashes = [str(t) for t in targets if t.exists()]
-  if clashes and not e.overwrite:
+    spaces[name].check_arch(arch)
+  targets = [wd.export_dir(name, arch.name) for name, arch in wanted]
+  if (clashes := [str(t) for t in targets if t.exists()]) and not e.overwrite:
     raise FileExistsError(f"export targets exist: {', '.join(clashes)}; remove them or pass "
                           "--config.export.overwrite=True")
-  superlms = {}
+  teacher = load_teacher(config)
+  superlms = _superlms(config, wd, teacher, parallel.make_mesh(), dict.fromkeys(n for n, _ in wanted))
   for ((name, arch), loss), target in zip(wanted.items(), targets, strict=True):
-    if name not in superlms:
-      superlms[name] = load_superlm(config, workdir, name, teacher, mesh)[0]
     if jax.process_index() == 0:
-      export.export_student(superlms[name], arch, target, teacher_dir=teacher_dir,
+      export.export_student(superlms[name][0], arch, target,
+                            teacher_dir=hf_io.resolve_checkpoint(config.teacher),
                             teacher_name=str(config.teacher), subspace=name,
                             seq_len=config.data.seq_len, loss=loss, overwrite=e.overwrite)
       print(f"exported {name} {arch.name} -> {target}")
   return targets
 
 
-def run_finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-  """Fine-tunes the teacher, every export and config.glue.models on config.glue.tasks."""
-  from autodistil_jax import finetune
-
-  return finetune.run_stage(config, check_workdir(workdir))
-
-
-def run_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+def run_evaluate(config: ml_collections.ConfigDict, wd: Workdir):
   """The task-agnostic suite (evaluate.py) on the teacher, every export (the selected students
-  not exported are scored inside their SuperLM) and, per architecture, the same student sliced
-  from the teacher and randomly initialised; writes <workdir>/evaluate/ and the export cards."""
-  from autodistil_jax import evaluate, evaluate_report, measures
-
-  workdir = check_workdir(workdir)
-  if not config.data.glue_dir:
-    raise ValueError("config.data.glue_dir is not set: the suite reads STS-B dev and the probe tasks "
-                     "from it; pass --config.data.glue_dir=PATH (the GLUE TSV root)")
-  teacher_dir = hf_io.resolve_checkpoint(config.teacher)
-  settings = evaluate.SuiteSettings.from_config(config, measures.read_pooling(teacher_dir))
-  texts = evaluate.read_texts(settings, config.data.glue_dir)  # bad GLUE files stop us here
+  not exported are scored inside their SuperLM) and their sliced and random twins."""
+  inputs = evaluate.read_inputs(config)
   teacher = load_teacher(config)
-  exports = {p.name: p for p in sorted((workdir / "export").glob("*"))
-             if p.is_dir() and not p.name.startswith(".")}
-  selected_file = workdir / "search" / "selected.json"
-  selected = json.loads(selected_file.read_text()).values() if selected_file.is_file() else []
-  not_exported: dict[str, list[Arch]] = {}
-  for row in selected:
-    if f"{row['subspace']}-{row['name']}" not in exports:
-      not_exported.setdefault(row["subspace"], []).append(Arch.from_row(row))
-  mesh = parallel.make_mesh()
-  subjects = evaluate.workdir_subjects(
-      teacher, {n: hf_io.load_bert(p) for n, p in exports.items()},
-      {n: (load_superlm(config, workdir, n, teacher, mesh)[0], a) for n, a in not_exported.items()},
-      {f"{r['subspace']}-{r['name']}" for r in selected}, config.evaluate.baselines, config.seed)
-  subjects += [evaluate.Subject(Path(p).name, "model", hf_io.load_bert(p)) for p in config.evaluate.models]
-  tokens, _, heldout_idx = load_split_corpus(config, workdir)
-  heldout = data.heldout_batches(tokens, heldout_idx, config.search.batch_size, teacher.config.pad_token_id)
-  suite = evaluate.build_suite(settings, texts, data.load_tokenizer(teacher_dir), teacher, heldout)
-  rows = evaluate.run_suite(subjects, suite)
-  out = workdir / "evaluate" / "suite.md"
-  if jax.process_index() == 0:
-    evaluate_report.write_report(out.parent, rows, exports)
-    print(f"evaluation suite ({out}):\n" + evaluate_report.markdown_table(rows))
-  return out
+  selected = json.loads(wd.selected_file.read_text()).values() if wd.selected_file.is_file() else []
+  return evaluate.run_stage(config, wd, inputs, teacher, list(selected),
+                            lambda names: _superlms(config, wd, teacher, parallel.make_mesh(), names),
+                            load_split_corpus(config, wd))
 
 
-STAGES = ("train", "search", "export", "evaluate", "finetune")
-# What a user got wrong (config, paths, inputs): launch/main.py prints these as one line and exits 2.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
-
-
-def run_stages(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-               stages: tuple[str, ...] = STAGES):
-  """Runs `stages` (of STAGES) in order. A finished stage leaves a marker and is skipped when the
-  command is run again; an interrupted one resumes (training from its last checkpoint, fine-tuning
-  from the last finished model/task). Returns the last stage run's result (None: all skipped)."""
-  workdir = check_workdir(workdir)
-  result = None
-  for stage in stages:
-    i = STAGES.index(stage) + 1
-    marker = workdir / "stages" / f"{stage}.done"
-    if marker.is_file():
-      print(f"[{i}/{len(STAGES)}] {stage}: done before, skipped")
-      continue
-    print(f"[{i}/{len(STAGES)}] {stage} ...")
-    t0 = time.perf_counter()
-    if stage == "export":  # re-exporting after an interrupted export replaces partial results
-      config.export.overwrite = True
-    result = MODES[stage](config, workdir)
-    if jax.process_index() == 0:
-      marker.parent.mkdir(parents=True, exist_ok=True)
-      marker.write_text(f"{time.perf_counter() - t0:.1f} s\n")
-    print(f"[{i}/{len(STAGES)}] {stage}: {time.perf_counter() - t0:.1f} s")
-  return result
-
-
-def run_all(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-  """train -> search -> export -> evaluate -> finetune, skipping finished stages (run_stages); ends
-  with the evaluation suite's table (teacher, each student beside its sliced and random twins)."""
-  start = time.perf_counter()
-  result = run_stages(config, workdir)
-  workdir = check_workdir(workdir)
-  suite, glue_table = workdir / "evaluate" / "suite.md", workdir / "glue" / "summary.md"
-  print(f"all stages finished in {time.perf_counter() - start:.1f} s; GLUE table: {glue_table}")
-  if suite.is_file() and jax.process_index() == 0:
-    print(f"evaluation suite, no fine-tuning ({suite}):\n{suite.read_text()}", end="")
-  return glue_table if result is None else result
+def run_finetune(config: ml_collections.ConfigDict, wd: Workdir):
+  """Fine-tunes the teacher, every export and config.glue.models on config.glue.tasks."""
+  return finetune.run_stage(config, wd)
 
 
 MODES = {"train": run_train, "search": run_search, "export": run_export, "evaluate": run_evaluate,
-         "finetune": run_finetune, "all": run_all}
+         "finetune": run_finetune}
+
+
+def run(mode: str, config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+        redo: tuple[str, ...] = (), last: str = STAGES[-1]):
+  """Runs `mode` (a stage, or "all": every stage up to `last`) holding the workdir. A stage's
+  record says what it ran with: "all" skips a stage whose record matches the config and stops at
+  one whose does not, naming the keys; a stage named in `redo` (and every later one) has its
+  outputs moved aside and runs again. A single stage always runs, after checking the records of
+  the stages it reads from."""
+  wd = Workdir.at(workdir)
+  chosen = STAGES[:STAGES.index(last) + 1] if mode == "all" else (mode,)
+  if bad := [s for s in redo if s not in chosen]:
+    raise ValueError(f"--redo={','.join(bad)} is not a stage that --mode={mode} runs ({', '.join(chosen)})")
+  with wd.held(primary=jax.process_index() == 0):
+    if jax.process_index() == 0 and (left := wd.remove_leftovers()):
+      print(f"removed {len(left)} temporary file(s) left by a killed run: {', '.join(map(str, left))}")
+    if redo and jax.process_index() == 0:
+      first = min(STAGES.index(s) for s in redo)
+      if aside := wd.move_aside([p for s in STAGES[first:] for p in wd.stage_outputs(s)]):
+        print(f"--redo: the outputs of {', '.join(STAGES[first:])} moved to {aside}")
+    if mode != "all":
+      for earlier in STAGES[:STAGES.index(mode)]:
+        _check_stage(config, wd, earlier)
+    return _run_stages(config, wd, chosen, skip_finished=mode == "all")
+
+
+def _check_stage(config, wd: Workdir, stage: str) -> bool:
+  way_on = (f"Use a new --workdir, or --redo={stage} to run it again (its outputs and those of the "
+            f"stages after it are moved to {wd.root / 'replaced'}/)")
+  return records.check(wd.stage_record(stage), stage_inputs(config, stage),
+                       f"the {stage} stage in {wd.root}", way_on)
+
+
+def _matches(config, wd: Workdir, stage: str) -> bool:
+  try:
+    return _check_stage(config, wd, stage)
+  except records.StaleInputs:
+    return False
+
+
+def _run_stages(config, wd: Workdir, stages: tuple[str, ...], skip_finished: bool):
+  result, start = None, time.perf_counter()
+  for stage in stages:
+    label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}"
+    # Fine-tuning re-runs when its settings changed: each result carries its own inputs, and
+    # only those that match are reused (finetune.run_stage).
+    if skip_finished and stage != "finetune" and _check_stage(config, wd, stage):
+      print(f"{label}: done before with these settings, skipped")
+      continue
+    if skip_finished and stage == "finetune" and _matches(config, wd, stage):
+      print(f"{label}: done before with these settings, skipped")
+      continue
+    print(f"{label} ...")
+    t0 = time.perf_counter()
+    # An export interrupted under "all" is redone whole (its finished targets replaced).
+    run_config = _with(config, "export.overwrite", True) if skip_finished and stage == "export" else config
+    result = MODES[stage](run_config, wd)
+    if jax.process_index() == 0:
+      records.write(wd.stage_record(stage), stage_inputs(config, stage),
+                    seconds=round(time.perf_counter() - t0, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    print(f"{label}: {time.perf_counter() - t0:.1f} s")
+  if len(stages) > 1 and jax.process_index() == 0:
+    suite = wd.evaluate_dir / "suite.md"
+    print(f"all stages finished in {time.perf_counter() - start:.1f} s; GLUE table: {wd.glue_summary()}")
+    if suite.is_file():
+      print(f"evaluation suite, no fine-tuning ({suite}):\n{suite.read_text()}", end="")
+  return result
+
+
+def _with(config: ml_collections.ConfigDict, key: str, value) -> ml_collections.ConfigDict:
+  """A copy of `config` with one key changed: the caller's config is never mutated."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  group, name = key.split(".")
+  copy[group][name] = value
+  return copy
+
+
+__all__ = ["MODES", "STAGES", "USER_ERRORS", "WorkdirBusy", "load_teacher", "run", "setup_distributed"]

@@ -1,4 +1,4 @@
-"""Lightweight task-agnostic search (PAPER_NOTES section 4): score every student of every SuperLM
+"""Lightweight task-agnostic search (docs/paper.md section 4): score every student of every SuperLM
 with the distillation loss on fixed held-out batches, keep the Pareto front of cost vs loss, and
 pick the least-loss student under each budget. No re-training.
 
@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from autodistil_jax import distill
-from autodistil_jax.model import BertEncoder, extract_student
+from autodistil_jax.model import BertEncoder, extract_student, get_params
 from autodistil_jax.search_space import Arch, Vocab, exact_flops, exact_params, paper_flops
 
 METRICS = ("flops", "params", "paper_flops", "latency_ms")
@@ -152,6 +152,76 @@ def select(rows: list[dict], budgets: Sequence[Budget], superlms: dict[str, Bert
                        f"{budget.metric}={cheapest[budget.metric]:.4g}; relax the budget")
     chosen[budget.text] = min(fitting, key=lambda r: r["loss"])
   return chosen
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+def teacher_costs_and_budgets(teacher: BertEncoder, texts: Sequence[str], seq_len: int,
+                              latency: tuple[int, int]) -> tuple[dict, list[Budget]]:
+  """The teacher's costs and the parsed budgets: a bad budget stops the search before scoring."""
+  tc = teacher.config
+  vocab = Vocab(tc.vocab_size, tc.max_position, tc.type_vocab_size)
+  costs = student_costs(tc.full_arch(), tc.head_size, seq_len, vocab, tc.pooler)
+  budgets = [parse_budget(b, costs) for b in texts]
+  if any(b.metric == "latency_ms" for b in budgets):
+    costs["latency_ms"] = measure_latency_ms(teacher, *latency)
+    budgets = [parse_budget(b, costs) for b in texts]
+  return costs, budgets
+
+
+def score_subspaces(superlms: dict[str, tuple[BertEncoder, int, list[Arch]]], teacher: BertEncoder,
+                    teacher_logits: Sequence, batches: Sequence[dict], replicate: Callable, loss: str,
+                    dtype, students_per_call: int, seq_len: int) -> tuple[list[dict], dict]:
+  """(one row per student with its costs and held-out loss, timing per sub-space) for
+  `superlms`: name -> (SuperLM, its training step, its students)."""
+  from tqdm import tqdm
+
+  tc = teacher.config
+  vocab = Vocab(tc.vocab_size, tc.max_position, tc.type_vocab_size)
+  tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
+  rows, timing = [], {}
+  bar = tqdm(total=sum(len(a) for _, _, a in superlms.values()), desc="search", unit="student",
+             disable=jax.process_index() != 0, dynamic_ncols=True)
+  for name, (superlm, step, archs) in superlms.items():
+    evaluator = make_evaluator(superlm, loss, dtype)
+    start = time.perf_counter()
+    losses = score_students(evaluator, replicate(get_params(superlm)), teacher_logits, batches, archs,
+                            students_per_call, bar.update)
+    wall = time.perf_counter() - start
+    timing[name] = {"students": len(archs), "wall_s": wall, "students_per_s": len(archs) / wall,
+                    "superlm_step": step, "compilations": evaluator._cache_size()}
+    rows += [{"subspace": name, "name": arch.name, "layers": arch.layers, "hidden": arch.hidden,
+              "mlp_ratio": arch.mlp_ratio, "heads": arch.heads,
+              **student_costs(arch, tc.head_size, seq_len, vocab, tc.pooler),
+              "loss": float(loss), "tokens": tokens} for arch, loss in zip(archs, losses, strict=True)]
+  bar.close()
+  return rows, timing
+
+
+def write_outputs(directory, rows: list[dict], selected: dict[str, dict], budgets: Sequence[Budget],
+                  teacher: dict, timing: dict) -> str:
+  """results.csv, pareto.png, selected.json, summary.json, written whole into a temporary sibling
+  and renamed into place; returns the lines to print."""
+  import json
+
+  from autodistil_jax import atomic
+
+  tmp = atomic.temp_dir_for(directory)
+  write_results_csv(tmp / "results.csv", rows)
+  plot_pareto(tmp / "pareto.png", rows, selected, teacher["flops"])
+  (tmp / "selected.json").write_text(json.dumps(
+      {b: {**row, "budget_limit": next(x.limit for x in budgets if x.text == b)}
+       for b, row in selected.items()}, indent=2) + "\n")
+  (tmp / "summary.json").write_text(json.dumps(
+      {"teacher": teacher, "timing": timing,
+       "pareto_front": [r["name"] + "@" + r["subspace"] for r in pareto_front(rows)]}, indent=2) + "\n")
+  atomic.replace_dir(tmp, directory)
+  lines = [f"search: {len(rows)} students in {sum(t['wall_s'] for t in timing.values()):.1f} s"]
+  lines += [f"  {n:>6}: {t['students']} students, {t['wall_s']:.1f} s, {t['students_per_s']:.1f}/s"
+            for n, t in timing.items()]
+  lines += [f"  {b}: {r['name']} ({r['subspace']}) loss {r['loss']:.4g}, "
+            f"{r['flops'] / 1e9:.3f} GFLOPs, {r['params'] / 1e6:.2f}M params" for b, r in selected.items()]
+  return "\n".join(lines)
 
 
 # --- outputs -------------------------------------------------------------------------------------

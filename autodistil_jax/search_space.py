@@ -47,6 +47,15 @@ class Arch:
     """The architecture of a search result row (results.csv, selected.json)."""
     return cls(int(row["layers"]), int(row["hidden"]), float(row["mlp_ratio"]), int(row["heads"]))
 
+  @classmethod
+  def parse(cls, text: str, what: str = "arch") -> Arch:
+    """'L,H,R,A' (e.g. '4,96,3.0,8') -> Arch; `what` names the setting in the error."""
+    try:
+      layers, hidden, ratio, heads = (p.strip() for p in text.split(","))
+      return cls(int(layers), int(hidden), float(ratio), int(heads))
+    except ValueError as e:
+      raise ValueError(f"{what}={text!r} is not 'L,H,R,A' (e.g. '4,96,3.0,8')") from e
+
 
 @dataclasses.dataclass(frozen=True)
 class TeacherShape:
@@ -72,6 +81,12 @@ class SubSpace:
   hidden: tuple[int, ...]
   mlp_ratio: tuple[float, ...]
   heads: tuple[int, ...]
+
+  @classmethod
+  def from_config(cls, name: str, cfg) -> SubSpace:
+    """From a config's {layers, hidden, mlp_ratio, heads} (defaults.subspace_config is the inverse)."""
+    return cls(name, tuple(cfg.layers), tuple(cfg.hidden), tuple(float(r) for r in cfg.mlp_ratio),
+               tuple(cfg.heads))
 
   def __post_init__(self):
     for field in ("layers", "hidden", "mlp_ratio", "heads"):

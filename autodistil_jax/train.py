@@ -24,19 +24,15 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from autodistil_jax import data, distill, parallel
+from autodistil_jax import data, distill, parallel, records
 from autodistil_jax.checkpoints import Checkpointer
 from autodistil_jax.metrics import MetricsWriter
 from autodistil_jax.model import BertEncoder, get_params, init_superlm
 from autodistil_jax.search_space import Arch, SubSpace, sandwich_sample
+from autodistil_jax.workdir import Workdir
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _DECAYED = ("kernel", "word", "position", "token_type")  # no decay on biases and LayerNorm
-
-
-def subspace_from_config(name: str, cfg: ml_collections.ConfigDict) -> SubSpace:
-  return SubSpace(name, tuple(cfg.layers), tuple(cfg.hidden), tuple(float(r) for r in cfg.mlp_ratio),
-                  tuple(cfg.heads))
 
 
 def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
@@ -180,18 +176,34 @@ def _initial_state(config, teacher: BertEncoder, space: SubSpace, mesh):
   return nnx.graphdef(superlm), optimizer, parallel.replicate(mesh, state)
 
 
-def _checkpointer(config, workdir: Path, name: str) -> Checkpointer:
+def _checkpointer(config, wd: Workdir, name: str) -> Checkpointer:
   t = config.train
-  return Checkpointer(Path(workdir) / "superlm" / name / "checkpoints", t.checkpoint_every,
-                      t.keep_checkpoints)
+  return Checkpointer(wd.checkpoints(name), t.checkpoint_every, t.keep_checkpoints)
 
 
-def load_superlm(config: ml_collections.ConfigDict, workdir: str | Path, name: str,
+def check_record(wd: Workdir, name: str, inputs: dict, start: bool = False) -> None:
+  """Stops with StaleInputs, touching nothing, when the SuperLM of `name` in `wd` was trained with
+  other inputs than `inputs` (records.stage_inputs of "train" for that sub-space), or has
+  checkpoints but no record of them. With `start`, a SuperLM not begun yet gets its record."""
+  way_on = (f"Use a new --workdir, or --redo=train to train again (what it replaces is moved to "
+            f"{wd.root / 'replaced'}/)")
+  if records.check(wd.superlm_record(name), inputs, f"the SuperLM {name!r} in {wd.superlm(name)}",
+                   way_on):
+    return
+  if wd.checkpoints(name).is_dir() and any(wd.checkpoints(name).iterdir()):
+    raise records.StaleInputs(f"{wd.checkpoints(name)} holds checkpoints with no record of what "
+                              f"they were trained with (an older version made them). {way_on}")
+  if start and jax.process_index() == 0:
+    records.write(wd.superlm_record(name), inputs)
+
+
+def load_superlm(config: ml_collections.ConfigDict, wd: Workdir | str | Path, name: str,
                  teacher: BertEncoder, mesh: jax.sharding.Mesh) -> tuple[BertEncoder, int]:
-  """The SuperLM of sub-space `name` from its latest checkpoint, and that checkpoint's step."""
-  space = subspace_from_config(name, config.subspaces[name])
+  """The SuperLM of sub-space `name` from its latest checkpoint, and that checkpoint's step.
+  Check its record first (check_record): a SuperLM of another sub-space shape reads as corrupt."""
+  space = SubSpace.from_config(name, config.subspaces[name])
   graphdef, _, like = _initial_state(config, teacher, space, mesh)
-  ckpt = _checkpointer(config, Path(workdir), name)
+  ckpt = _checkpointer(config, Workdir.of(wd), name)
   restored = ckpt.restore(like)
   ckpt.close()
   if restored is None:
@@ -274,17 +286,22 @@ class _NonFiniteGuard:
     return out
 
 
-def train_superlm(config: ml_collections.ConfigDict, workdir: Path, name: str, teacher: BertEncoder,
-                  tokens: np.ndarray, train_indices: np.ndarray, mesh: jax.sharding.Mesh,
-                  stop_after: int | None = None) -> dict:
+def train_superlm(config: ml_collections.ConfigDict, wd: Workdir | str | Path, name: str,
+                  teacher: BertEncoder, tokens: np.ndarray, train_indices: np.ndarray,
+                  mesh: jax.sharding.Mesh, stop_after: int | None = None,
+                  inputs: dict | None = None) -> dict:
   """Trains (or resumes) the SuperLM of sub-space `name`; returns its parameters.
 
-  Checkpoints go to <workdir>/superlm/<name>/; `stop_after` ends the run early after that step
-  (as a preemption would), leaving the last checkpoint to resume from. SIGTERM saves a
-  checkpoint and raises Preempted; too many non-finite steps in a row raise Diverged.
+  Checkpoints go to wd.checkpoints(name); `stop_after` ends the run early after that step (as a
+  preemption would), leaving the last checkpoint to resume from. It resumes only from
+  checkpoints trained with the same `inputs` (default: the config's keys; the pipeline adds the
+  teacher's and corpus's identities): others raise StaleInputs and are left as they are. SIGTERM
+  saves a checkpoint and raises Preempted; too many non-finite steps in a row raise Diverged.
   """
+  wd = Workdir.of(wd)
+  check_record(wd, name, inputs or records.stage_inputs(config, "train", subspace=name), start=True)
   t = config.train
-  space = subspace_from_config(name, config.subspaces[name])
+  space = SubSpace.from_config(name, config.subspaces[name])
   sc = StepConfig.from_config(config, teacher)
   graphdef, optimizer, state = _initial_state(config, teacher, space, mesh)
   teacher_params = parallel.replicate(mesh, get_params(teacher))
@@ -292,14 +309,14 @@ def train_superlm(config: ml_collections.ConfigDict, workdir: Path, name: str, t
   iterator = data.make_iterator(data.train_dataset(
       tokens, train_indices, t.batch_size, config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), pad_id=teacher.config.pad_token_id))
-  ckpt = _checkpointer(config, workdir, name)
+  ckpt = _checkpointer(config, wd, name)
   restored = ckpt.restore(state, iterator)
   start = 0 if restored is None else restored[0]
   if restored is not None:
     state = restored[1]
   step_fn = jit_train_step(make_train_step(graphdef, nnx.graphdef(teacher), optimizer, sc), mesh)
   schedule = learning_rate_schedule(t)
-  writer = MetricsWriter(workdir, f"superlm/{name}", resume_step=start)
+  writer = MetricsWriter(wd, f"superlm/{name}", resume_step=start)
   base_key = jax.random.wrap_key_data(state["rng"])
   end = t.num_steps if stop_after is None else min(stop_after, t.num_steps)
   tokens_per_step = t.batch_size * tokens.shape[1]

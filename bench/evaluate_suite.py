@@ -24,15 +24,14 @@ from demo import get_config  # noqa: E402
 
 from autodistil_jax import data, evaluate, evaluate_report, hf_io, measures  # noqa: E402
 from autodistil_jax.model import extract_student, random_student  # noqa: E402
-from autodistil_jax.search_space import exact_flops  # noqa: E402
-from autodistil_jax.train import subspace_from_config  # noqa: E402
+from autodistil_jax.search_space import SubSpace, exact_flops  # noqa: E402
 
 
 def nearest_archs(config, teacher, fractions: tuple[float, ...]):
   """Per fraction, the demo student whose FLOPs are nearest that share of the teacher's."""
   c = teacher.config
   flops = lambda a: exact_flops(a, config.data.seq_len, c.head_size, c.pooler)
-  spaces = [subspace_from_config(n, config.subspaces[n]) for n in config.subspaces]
+  spaces = [SubSpace.from_config(n, config.subspaces[n]) for n in config.subspaces]
   archs = sorted({a for space in spaces for a in space.enumerate()})
   full = flops(c.full_arch())
   return {f: min(archs, key=lambda a: (abs(flops(a) / full - f), -a.hidden)) for f in fractions}

@@ -17,13 +17,13 @@ One command runs the whole experiment, resumably (each finished piece is skipped
 
 from __future__ import annotations
 
-import copy
 import json
 import pathlib
 import shlex
 import sys
 import time
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -38,12 +38,8 @@ _OUT = flags.DEFINE_string("out", None, "Where results.md and figures/ go (e.g. 
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite results.md from the cells run so far.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
 
-KINDS = {"sliced": "(b) sliced from the teacher", "alone": "(c) distilled alone",
-         "random": "(d) random init"}
-
-
 class Timer:
-  """Wall time per stage, kept in <workdir>/headline/timing.json and summed over resumed runs."""
+  """Wall time per stage, kept in the workdir's headline/timing.json and summed over resumed runs."""
 
   def __init__(self, path: pathlib.Path):
     self.path = path
@@ -62,6 +58,7 @@ class Timer:
 def write_glue_sentences(data_dir: pathlib.Path, tasks: list[str], target: pathlib.Path) -> pathlib.Path:
   """The unlabeled sentences of the GLUE training sets, one per line (labels are not read)."""
   from autodistil_jax import glue
+  from autodistil_jax.workdir import temp_sibling
 
   if target.is_file():
     return target
@@ -70,7 +67,7 @@ def write_glue_sentences(data_dir: pathlib.Path, tasks: list[str], target: pathl
     for row in glue.read_split(glue.get_task(name), data_dir / "glue", "train").texts:
       seen.update(dict.fromkeys(t.strip() for t in row if t.strip()))
   target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.with_suffix(".tmp")
+  tmp = temp_sibling(target)
   tmp.write_text("\n".join(seen) + "\n", encoding="utf-8")
   tmp.replace(target)
   print(f"[headline] transfer set: {len(seen)} GLUE training sentences -> {target}")
@@ -86,42 +83,6 @@ def transfer_corpus(data_dir: pathlib.Path, glue_file: pathlib.Path) -> str:
   return ",".join(str(p) for p in parts)
 
 
-def build_baselines(config, workdir: pathlib.Path, timer: Timer, teacher, selected: dict[str, dict],
-                    kinds: tuple[str, ...] = tuple(KINDS)) -> list[str]:
-  """The baselines `kinds` ((b) sliced, (c) alone, (d) random) of every selected architecture
-  (`selected`: budget -> search row), as HF checkpoints under baselines/; those present are kept."""
-  from autodistil_jax import export, hf_io, parallel, pipeline
-  from autodistil_jax.defaults import subspace_config
-  from autodistil_jax.model import random_student
-  from autodistil_jax.search_space import Arch, SubSpace
-  from autodistil_jax.train import load_superlm, train_superlm
-
-  teacher_dir = hf_io.resolve_checkpoint(config.teacher)
-  mesh = parallel.make_mesh()
-  archs = dict.fromkeys(Arch.from_row(row) for row in selected.values())
-  common = {"teacher_dir": teacher_dir, "teacher_name": str(config.teacher), "seq_len": config.data.seq_len}
-  dirs = []
-  for arch in archs:
-    targets = {kind: workdir / "baselines" / f"{kind}-{arch.name}" for kind in kinds}
-    dirs += [str(t) for t in targets.values()]
-    missing = {kind: target for kind, target in targets.items() if not target.exists()}
-    if "sliced" in missing:
-      export.export_student(teacher, arch, missing["sliced"], subspace="sliced from the teacher", **common)
-    if "random" in missing:
-      export.export_student(random_student(teacher.config, arch, config.seed), arch, missing["random"],
-                            subspace="random initialisation", **common)
-    if "alone" in missing:
-      name = "alone-" + arch.name.replace(".", "p")  # config keys cannot hold dots
-      alone = copy.deepcopy(config)
-      alone.subspaces = {name: subspace_config(SubSpace.only(name, arch))}
-      tokens, train_idx, _ = pipeline.load_split_corpus(alone, workdir)
-      timer.run(f"train alone {arch.name}", train_superlm, alone, workdir, name, teacher, tokens,
-                train_idx, mesh)
-      student = load_superlm(alone, workdir, name, teacher, mesh)[0]
-      export.export_student(student, arch, missing["alone"], subspace="distilled alone", **common)
-  return dirs
-
-
 def invocation() -> str:
   """The command as run, less --report_only: what resumes (and rewrites) this experiment."""
   args = [a for a in sys.argv[1:] if a.lstrip("-").split("=")[0] != "report_only"]
@@ -135,48 +96,50 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import headline_report
 
-  from autodistil_jax import finetune as finetune_stage
-  from autodistil_jax import pipeline
+  from autodistil_jax import baselines, finetune, parallel, pipeline
   from autodistil_jax.search_space import Arch
+  from autodistil_jax.workdir import Workdir
 
-  config = _CONFIG.value
-  workdir = pipeline.check_workdir(_WORKDIR.value)
+  wd = Workdir.at(_WORKDIR.value)
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
-  out = pathlib.Path(_OUT.value or workdir)
-  timer = Timer(workdir / "headline" / "timing.json")
+  out = pathlib.Path(_OUT.value or wd.root)
+  timer = Timer(wd.experiment_file("headline", "timing.json"))
   if _REPORT_ONLY.value:
-    path = headline_report.write_report(workdir, out, config, timer.times, KINDS, invocation())
+    path = headline_report.write_report(wd, out, _CONFIG.value, timer.times, baselines.KINDS, invocation())
     print(f"[headline] report (cells run so far): {path}")
     return
-  glue_file = write_glue_sentences(data_dir, list(config.glue.tasks), workdir / "corpus" / "glue_train.txt")
+  config = ml_collections.ConfigDict(_CONFIG.value.to_dict())
+  glue_file = write_glue_sentences(data_dir, list(config.glue.tasks),
+                                   wd.experiment_file("headline", "glue_train.txt"))
   config.data.corpus = transfer_corpus(data_dir, glue_file)
   config.data.glue_dir = str(data_dir / "glue")
-  for stage in ("train", "search", "export"):  # each skipped once done (its marker)
-    if not (workdir / "stages" / f"{stage}.done").is_file():
-      timer.run(stage, pipeline.run_stages, config, workdir, (stage,))
-  selected = headline_report.read_selected(workdir)
+  # Each stage is reused while its record matches the config (and refused, naming keys, if not).
+  timer.run("train, search, export", pipeline.run, "all", config, wd.root, (), "export")
+  selected = headline_report.read_selected(wd)
   tasks = list(config.glue.tasks)
+  archs = [Arch.from_row(row) for row in selected.values()]
+  teacher = pipeline.load_teacher(config)
+  build = lambda kinds, these: [str(d) for d in baselines.build(
+      config, wd, teacher, these, kinds, corpus=lambda: pipeline.load_split_corpus(config, wd),
+      mesh=parallel.make_mesh(), alone_inputs=lambda c, n: pipeline.stage_inputs(c, "train", n),
+      timed=timer.run)]
   # The claim's cells first, on every task: the teacher, the searched students, and (b) and (d) of
   # the first budget's student. A run cut short still gives the verdict; then (c), which needs its
   # own distillation runs, and all the rest.
-  first = Arch.from_row(selected[config.search.budgets[0]]).name
-  teacher = pipeline.load_teacher(config)  # once, for both calls of build_baselines
-  quick = build_baselines(config, workdir, timer, teacher, selected, ("sliced", "random"))
-  claim_models = tuple(d for d in quick if pathlib.Path(d).name in (f"sliced-{first}", f"random-{first}"))
+  claim_models = build(("sliced", "random"), archs[:1])
 
-  def finetune_all(models: tuple[str, ...]) -> None:
+  def finetune_all(models: list[str]) -> None:
     for task in tasks:  # one task at a time over its models: a cut-short run compares like with like
-      one = copy.deepcopy(config)
-      one.glue.tasks, one.glue.models = (task,), models
-      timer.run(f"finetune {task}", pipeline.run_finetune, one, workdir)
+      one = ml_collections.ConfigDict(config.to_dict())
+      one.glue.tasks, one.glue.models = (task,), tuple(models)
+      timer.run(f"finetune {task}", finetune.run_stage, one, wd)
 
   finetune_all(claim_models)
-  baselines = build_baselines(config, workdir, timer, teacher, selected)
-  finetune_all(tuple(baselines))
-  config.glue.models = tuple(baselines)
-  models = list(finetune_stage.finetune_models(config, workdir))
-  finetune_stage.write_summary(workdir, models, tasks)
-  path = headline_report.write_report(workdir, out, config, timer.times, KINDS, invocation())
+  every = build(tuple(baselines.KINDS), archs)
+  finetune_all(every)
+  config.glue.models = tuple(every)
+  finetune.write_summary(wd, list(finetune.finetune_models(config, wd)), tasks)
+  path = headline_report.write_report(wd, out, config, timer.times, baselines.KINDS, invocation())
   print(f"[headline] report: {path}")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from autodistil_jax import glue
 from autodistil_jax.search_space import Arch
+from autodistil_jax.workdir import Workdir
 
 
 def train_size(g) -> str:
@@ -31,14 +32,14 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
-def read_selected(workdir: pathlib.Path) -> dict[str, dict]:
+def read_selected(wd: Workdir) -> dict[str, dict]:
   """budget -> the search's row of the student selected under it."""
-  return json.loads((workdir / "search" / "selected.json").read_text())
+  return json.loads(wd.selected_file.read_text())
 
 
-def per_seed_scores(workdir: pathlib.Path, model: str, task: str) -> dict[int, float] | None:
+def per_seed_scores(wd: Workdir, model: str, task: str) -> dict[int, float] | None:
   """seed -> main score (x100) at the best epoch, or None if the cell has not run."""
-  path = workdir / "glue" / model / task / "results.json"
+  path = wd.glue_result(model, task)
   if not path.is_file():
     return None
   result = json.loads(path.read_text())
@@ -47,12 +48,12 @@ def per_seed_scores(workdir: pathlib.Path, model: str, task: str) -> dict[int, f
   return {r["seed"]: 100 * glue.main_score(t, next(iter(r["best"].values()))) for r in runs}
 
 
-def collect(workdir: pathlib.Path, models: dict[str, dict], tasks: list[str]) -> list[dict]:
+def collect(wd: Workdir, models: dict[str, dict], tasks: list[str]) -> list[dict]:
   """One row per model: params, FLOPs, mean/std per task and of the per-seed GLUE average."""
   rows = []
   for model, role in models.items():
-    cells = {t: per_seed_scores(workdir, model, t) for t in tasks}
-    first = next((workdir / "glue" / model / t / "results.json" for t in tasks
+    cells = {t: per_seed_scores(wd, model, t) for t in tasks}
+    first = next((wd.glue_result(model, t) for t in tasks
                   if cells[t] is not None), None)
     if first is None:
       continue
@@ -60,7 +61,7 @@ def collect(workdir: pathlib.Path, models: dict[str, dict], tasks: list[str]) ->
     row = {"model": model, **role, "params": meta["params"], "gflops": meta["flops"] / 1e9, "cells": {},
            "seconds": {}}
     for t in tasks:  # wall time per cell, where results.json records it
-      path = workdir / "glue" / model / t / "results.json"
+      path = wd.glue_result(model, t)
       if cells[t] is not None and "seconds" in (result := json.loads(path.read_text())):
         row["seconds"][t] = result["seconds"]
     for t, scores in cells.items():
@@ -159,29 +160,29 @@ def finetune_times(rows: list[dict], tasks: list[str], seeds) -> list[str]:
   return lines + ["", f"{count} timed cells: {timed:.0f} s ({timed / 60:.0f} min) in all.", ""]
 
 
-def write_report(workdir: pathlib.Path, out: pathlib.Path, config, times: dict[str, float],
+def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float],
                  kinds: dict[str, str], command: str) -> pathlib.Path:
   """<out>/results.md and <out>/figures/; `command` is the one that ran (and resumes) the experiment."""
   import jax
 
   tasks = list(config.glue.tasks)
-  selected = read_selected(workdir)
+  selected = read_selected(wd)
   models = {"teacher": {"kind": "teacher", "budgets": []}}
   for budget, row in selected.items():  # two budgets may select the same student
     arch = Arch.from_row(row)
     names = {"searched": f"{row['subspace']}-{arch.name}", **{k: f"{k}-{arch.name}" for k in kinds}}
     for kind, name in names.items():
       models.setdefault(name, {"kind": kind, "budgets": []})["budgets"].append(budget)
-  rows = collect(workdir, models, tasks)
+  rows = collect(wd, models, tasks)
   done = sum(len(r["cells"]) for r in rows)
   status = ("All cells have run." if done == len(models) * len(tasks) else
             f"**Partial: {done} of {len(models) * len(tasks)} (model, task) cells have run.** Re-run the "
             "command to resume; finished cells are kept.")
   figures = out / "figures"
   figures.mkdir(parents=True, exist_ok=True)
-  shutil.copy(workdir / "search" / "pareto.png", figures / "headline_pareto.png")
+  shutil.copy(wd.search_file("pareto.png"), figures / "headline_pareto.png")
   plot_glue_vs_flops(figures / "headline_glue_vs_flops.png", rows)
-  search = json.loads((workdir / "search" / "summary.json").read_text())
+  search = json.loads(wd.search_file("summary.json").read_text())
   g, t = config.glue, config.train
   total = sum(times.values())
   lines = [

@@ -1,6 +1,8 @@
 """The one entry point: python launch/main.py --config=configs/NAME.py --workdir=DIR --mode=MODE.
 
-Any config key can be overridden as --config.KEY=VALUE (e.g. --config.train.num_steps=10).
+Any config key can be overridden as --config.KEY=VALUE (e.g. --config.train.num_steps=10). A
+finished stage is reused only while the settings it ran with still hold; when they changed, the
+run stops naming them, and --redo=STAGE runs that stage (and the later ones) again.
 Run the same command on every worker of a TPU pod slice or multi-node GPU job.
 """
 
@@ -14,6 +16,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "search", "export", "evaluate", "finetune", "all"],
                           "Which stage to run (all: every stage in order, skipping finished ones).")
+_REDO = flags.DEFINE_list("redo", [], "Stages to run again although the workdir has them: their outputs "
+                          "and those of later stages are moved to <workdir>/replaced/<time>/.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,7 +33,7 @@ def main(argv):
   pipeline.setup_distributed(config)
   logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
   try:
-    pipeline.MODES[_MODE.value](config, _WORKDIR.value)
+    pipeline.run(_MODE.value, config, _WORKDIR.value, tuple(_REDO.value))
   except Preempted as e:  # SIGTERM: the checkpoint is saved; exit as a SIGTERM'd process would
     print(str(e), file=sys.stderr)
     sys.exit(143)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from autodistil_jax import glue
+from autodistil_jax.workdir import Workdir
 
 # Rows and label balance as MANIFEST.md lists them.
 EXPECTED = {("cola", "train"): 8551, ("cola", "dev"): 1043, ("sst2", "dev"): 872, ("mrpc", "train"): 3668,
@@ -109,7 +110,7 @@ def test_summary_leaves_out_of_the_average_the_tasks_the_teacher_did_not_learn(t
   from autodistil_jax import finetune
 
   def result(model, task, score, trivial):
-    path = tmp_path / "glue" / model / task / "results.json"
+    path = Workdir(tmp_path).glue_result(model, task)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"params": 1e6, "flops": 1e9, "score_mean": score, "score_std": 0.0,
                                 "trivial_score": trivial}))

@@ -124,7 +124,7 @@ def test_hostile_input_is_a_clear_error_leaving_nothing(case, mode, overrides, m
   made, workdir = _setup(case, overrides, tmp_path, teacher_dir, data_dir)
   config = _config(made, str(data_dir / "wikitext-2" / "valid.txt"))
   with pytest.raises(pipeline.USER_ERRORS) as info:
-    pipeline.MODES[mode](config, workdir)
+    pipeline.run(mode, config, workdir)
   assert message in " ".join(str(info.value).split())
   assert not workdir.exists()
 

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from autodistil_jax.workdir import Workdir
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -23,17 +25,17 @@ def test_train_search_export(data_dir, tmp_path):
   for mode in ("train", "search", "export"):
     result = _main(tmp_path, mode, corpus)
     assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / "search" / "results.csv", encoding="utf-8") as f:
+  with open(Workdir(tmp_path).search_file("results.csv"), encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 16 and all(float(r["loss"]) > 0 and int(r["tokens"]) > 0 for r in rows)
   assert set(rows[0]) >= {"subspace", "layers", "hidden", "mlp_ratio", "heads", "params", "flops",
                           "paper_flops", "loss", "tokens"}
-  selected = json.loads((tmp_path / "search" / "selected.json").read_text())
+  selected = json.loads((Workdir(tmp_path).search_file("selected.json")).read_text())
   assert set(selected) == {"flops<=0.5*teacher", "params<=12M"}
-  summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+  summary = json.loads((Workdir(tmp_path).search_file("summary.json")).read_text())
   assert summary["timing"]["mini"]["compilations"] == 1
-  assert (tmp_path / "search" / "pareto.png").stat().st_size > 10_000
-  exported = sorted(p.name for p in (tmp_path / "export").iterdir())
+  assert (Workdir(tmp_path).search_file("pareto.png")).stat().st_size > 10_000
+  exported = sorted(Workdir(tmp_path).exports())
   assert exported and all(p.startswith("mini-L") for p in exported)
 
   again = _main(tmp_path, "export", corpus)  # an existing export is never overwritten silently
@@ -41,42 +43,46 @@ def test_train_search_export(data_dir, tmp_path):
   glue_dir = f"--config.data.glue_dir={data_dir / 'glue'}"
   finetuned = _main(tmp_path, "finetune", corpus, glue_dir, "--config.glue.models=()")
   assert finetuned.returncode == 0, finetuned.stderr[-3000:]
-  summary = (tmp_path / "glue" / "summary.md").read_text().splitlines()
+  summary = (Workdir(tmp_path).glue_summary()).read_text().splitlines()
   table = [line for line in summary if line.startswith("|")]
   # 32 examples, 1 epoch: the teacher may not beat the majority class, and the table then says so.
   assert table[0].replace(" (not learnt)", "") == "| model | params | GFLOPs | rte | stsb | avg |"
   assert ("(not learnt)" in table[0]) == any("Left out of the average" in line for line in summary)
   assert table[2].startswith("| teacher | 22.71M |") and len(table) == 2 + 1 + len(exported)
-  result = json.loads((tmp_path / "glue" / "teacher" / "rte" / "results.json").read_text())
+  result = json.loads((Workdir(tmp_path).glue_result("teacher", "rte")).read_text())
   assert result["train_examples"] == 32 and 0 <= result["score_mean"] <= 1 and result["seconds"] > 0
   assert set(result["runs"][0]["best"]["dev"]) == {"accuracy"}
 
   evaluated = _main(tmp_path, "evaluate", corpus, glue_dir)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  table = (tmp_path / "evaluate" / "suite.md").read_text().splitlines()
+  table = (Workdir(tmp_path).evaluate_dir / "suite.md").read_text().splitlines()
   assert table[2].startswith("| teacher | teacher | L6_H384_R4_A12 |") and "| 1.000 |" in table[2]
   kinds = [line.split(" | ")[1] for line in table[2:]]
   assert kinds == ["teacher"] + ["searched", "sliced", "random"] * len(exported), kinds
-  with open(tmp_path / "evaluate" / "suite.csv", encoding="utf-8") as f:
+  with open(Workdir(tmp_path).evaluate_dir / "suite.csv", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == len(table) - 2 and all(-100 <= float(r["sts_spearman"]) <= 100 for r in rows)
-  assert (tmp_path / "evaluate" / "suite.png").stat().st_size > 10_000
-  card = (tmp_path / "export" / exported[0] / "README.md").read_text()
+  assert (Workdir(tmp_path).evaluate_dir / "suite.png").stat().st_size > 10_000
+  card = (Workdir(tmp_path).exports()[exported[0]] / "README.md").read_text()
   assert card.count("## Evaluation (task-agnostic suite") == 1 and f"| {exported[0]} | searched |" in card
 
-  # --mode=all over the finished work: every stage runs once, then a re-run skips them all.
-  first = _main(tmp_path, "all", corpus, glue_dir)
-  assert first.returncode == 0, first.stderr[-3000:]
-  assert "[5/5] finetune:" in first.stdout and "all stages finished" in first.stdout
-  assert first.stdout.rstrip().splitlines()[-1].startswith("| random-"), first.stdout[-2000:]
-  # --mode=all evaluated again (its own stage): the card's section was replaced, not repeated.
-  assert (tmp_path / "export" / exported[0] / "README.md").read_text().count("## Evaluation (task") == 1
-  second = _main(tmp_path, "all", corpus, glue_dir)
-  assert second.returncode == 0 and second.stdout.count("done before, skipped") == 5, second.stdout
+  again = _main(tmp_path, "evaluate", corpus, glue_dir)  # its card section is replaced, not repeated
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert (Workdir(tmp_path).exports()[exported[0]] / "README.md").read_text().count("## Evaluation (") == 1
+
+  # --mode=all over the work done stage by stage with the same settings: every stage is reused.
+  whole = _main(tmp_path, "all", corpus, glue_dir)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  assert whole.stdout.count("done before with these settings, skipped") == 5, whole.stdout
+  assert "all stages finished" in whole.stdout
+  assert whole.stdout.rstrip().splitlines()[-1].startswith("| random-"), whole.stdout[-2000:]
+  changed = _main(tmp_path, "all", corpus, glue_dir, "--config.evaluate.probe_train_examples=32")
+  assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1, changed.stderr
+  assert "evaluate.probe_train_examples (64 -> 32)" in changed.stderr and "--redo=evaluate" in changed.stderr
 
   impossible = _main(tmp_path, "search", corpus, "--config.search.budgets=('params<=1K',)")
   assert impossible.returncode != 0 and "is met by no student: the cheapest" in impossible.stderr
-  assert (tmp_path / "search" / "selected.json").read_text() == json.dumps(selected, indent=2) + "\n"
+  assert (Workdir(tmp_path).search_file("selected.json")).read_text() == json.dumps(selected, indent=2) + "\n"
 
 
 @pytest.mark.parametrize("override,message", [

@@ -17,6 +17,7 @@ from train_test import _flat, tiny_config
 from autodistil_jax import data, parallel, train
 from autodistil_jax.metrics import read_metrics
 from autodistil_jax.model import get_params
+from autodistil_jax.workdir import Workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def _train_cli(workdir, corpus_path, *overrides):
 
 
 def _logged_steps(workdir) -> list[int]:
-  path = pathlib.Path(workdir) / "metrics.jsonl"
+  path = Workdir(pathlib.Path(workdir)).metrics_file
   if not path.is_file():
     return []
   steps = []
@@ -84,7 +85,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(teacher, corpus, corpus_pa
   assert "preempted (SIGTERM) at step" in err and "Traceback" not in err
   stopped_at = int(err.split("preempted (SIGTERM) at step ")[1].split(":")[0])
   assert 1 <= stopped_at < 12
-  ckpts = sorted(int(p.name) for p in (tmp_path / "run" / "superlm" / "mini" / "checkpoints").iterdir())
+  ckpts = sorted(int(p.name) for p in (Workdir(tmp_path / "run").checkpoints("mini")).iterdir())
   assert ckpts[-1] == stopped_at  # saved on SIGTERM although no periodic save was due (orbax
   # also saves the first step of a run)
 
@@ -103,10 +104,10 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous(teacher, corpus
   config = tiny_config(num_steps=6, checkpoint_every=2, keep_checkpoints=2)
   mesh = parallel.make_mesh()
   train.train_superlm(config, tmp_path / "run", "mini", teacher, *corpus, mesh, stop_after=4)
-  ckpt_dir = tmp_path / "run" / "superlm" / "mini" / "checkpoints"
+  ckpt_dir = Workdir(tmp_path / "run").checkpoints("mini")
   _corrupt(ckpt_dir / "4")
   resumed = _flat(train.train_superlm(config, tmp_path / "run", "mini", teacher, *corpus, mesh))
-  aside = list((tmp_path / "run" / "superlm" / "mini" / "checkpoints.corrupt").iterdir())
+  aside = list(ckpt_dir.with_name("checkpoints.corrupt").iterdir())
   assert [p.name.split("-")[0] for p in aside] == ["4"]  # kept for inspection, not deleted
   assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [4, 6]  # rewritten from step 2
   diff = np.abs(resumed - _reference(config, teacher, corpus, tmp_path)).max()
@@ -119,7 +120,7 @@ def test_no_readable_checkpoint_is_an_error_that_deletes_nothing(teacher, corpus
   config = tiny_config(num_steps=4, checkpoint_every=2, keep_checkpoints=1)
   mesh = parallel.make_mesh()
   train.train_superlm(config, tmp_path, "mini", teacher, *corpus, mesh, stop_after=2)
-  ckpt_dir = tmp_path / "superlm" / "mini" / "checkpoints"
+  ckpt_dir = Workdir(tmp_path).checkpoints("mini")
   (ckpt_dir / "2" / "state" / "_METADATA").unlink()
   with pytest.raises(ValueError, match="no readable checkpoint .* use a new --workdir"):
     train.train_superlm(config, tmp_path, "mini", teacher, *corpus, mesh)
@@ -148,7 +149,7 @@ def test_five_sigkills_one_during_a_checkpoint_write(teacher, corpus, corpus_pat
   command each time: every restart resumes, and the result equals an uninterrupted run."""
   overrides = ("--config.train.num_steps=24", "--config.train.checkpoint_every=3",
                "--config.train.keep_checkpoints=2")
-  workdir, ckpt_dir = tmp_path / "run", tmp_path / "run" / "superlm" / "mini" / "checkpoints"
+  workdir, ckpt_dir = tmp_path / "run", Workdir(tmp_path / "run").checkpoints("mini")
   rng = random.Random(0)
   kills = []
   for attempt in range(5):

@@ -13,6 +13,7 @@ from autodistil_jax.defaults import subspace_config
 from autodistil_jax.metrics import read_metrics
 from autodistil_jax.model import get_params, init_superlm
 from autodistil_jax.search_space import SubSpace
+from autodistil_jax.workdir import Workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def _flat(params):
 
 def test_step_compiles_once_for_the_whole_run(teacher, corpus):
   config = tiny_config()
-  space = train.subspace_from_config("mini", config.subspaces["mini"])
+  space = SubSpace.from_config("mini", config.subspaces["mini"])
   superlm = init_superlm(teacher, space)
   optimizer = train.make_optimizer(config.train)
   mesh = parallel.make_mesh()
@@ -93,7 +94,7 @@ def test_resumed_run_equals_uninterrupted(teacher, corpus, tmp_path):
   mesh = parallel.make_mesh()
   straight = train.train_superlm(config, tmp_path / "straight", "mini", teacher, *corpus, mesh)
   train.train_superlm(config, tmp_path / "resumed", "mini", teacher, *corpus, mesh, stop_after=3)
-  ckpts = sorted(p.name for p in (tmp_path / "resumed" / "superlm" / "mini" / "checkpoints").iterdir())
+  ckpts = sorted(p.name for p in (Workdir(tmp_path / "resumed").checkpoints("mini")).iterdir())
   assert ckpts == ["2", "3"]
   resumed = train.train_superlm(config, tmp_path / "resumed", "mini", teacher, *corpus, mesh)
   diff = np.abs(_flat(straight) - _flat(resumed)).max()
@@ -113,15 +114,15 @@ def test_metrics_are_logged(teacher, corpus, tmp_path):
   for key in ("loss/largest", "loss/smallest", "loss/random", "learning_rate", "grad_norm"):
     assert all(np.isfinite(r[key]) for r in records), key
   assert "tokens_per_s" in records[1] and records[1]["tokens_per_s"] > 0
-  assert list((tmp_path / "tensorboard" / "superlm" / "mini").glob("events.out.tfevents.*"))
+  assert list((Workdir(tmp_path).tensorboard("superlm/mini")).glob("events.out.tfevents.*"))
   json.dumps(records)
 
 
 def test_one_student_subspace_is_distilled_alone(teacher, corpus, tmp_path):
   config = tiny_config(num_steps=3, log_every=1)
-  arch = train.subspace_from_config("mini", config.subspaces["mini"]).largest
+  arch = SubSpace.from_config("mini", config.subspaces["mini"]).largest
   config.subspaces["alone"] = subspace_config(SubSpace.only("alone", arch))
-  space = train.subspace_from_config("alone", config.subspaces["alone"])
+  space = SubSpace.from_config("alone", config.subspaces["alone"])
   assert train.sandwich_archs(space, 0, 5, config.train.num_random).tolist() == [list(arch.as_array())]
   params = train.train_superlm(config, tmp_path, "alone", teacher, *corpus, parallel.make_mesh())
   losses = [r["loss/student"] for r in read_metrics(tmp_path, "superlm/alone")]

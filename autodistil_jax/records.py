@@ -1,0 +1,151 @@
+"""What each stage ran with: the config keys and input files its outputs depend on.
+
+A stage's record holds its inputs and those of every stage before it (a search depends on how
+its SuperLMs were trained). Comparing a record with the current config names exactly the keys
+that changed, so a finished stage is reused only when nothing it depends on moved, and the user
+is told which keys did when something did (docs/architecture.md, "Stage records").
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+STAGES = ("train", "search", "export", "evaluate", "finetune")
+
+# The config keys (or whole groups) each stage's outputs depend on, beyond the stages before it.
+_OWN_KEYS = {
+    "train": ("seed", "teacher", "subspaces", "data.corpus", "data.seq_len", "data.pack",
+              "data.heldout", "data.tfds_split", "data.tfds_data_dir", "data.text_key", "train"),
+    "search": ("search",),
+    "export": ("export.subspace", "export.arch"),
+    "evaluate": ("evaluate", "data.glue_dir"),
+    "finetune": ("glue", "data.glue_dir"),
+}
+# Keys that change how a run goes but not what it produces: never a reason to redo a stage.
+_IGNORED = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+            "train.max_nonfinite_steps", "search.students_per_call", "search.max_latency_trials",
+            "evaluate.students_per_call", "glue.eval_batch_size", "glue.include_teacher")
+# Files larger than this are identified by size and modification time instead of their bytes.
+_HASH_LIMIT = 512 * 2**20
+
+
+class StaleInputs(ValueError):
+  """Outputs made from other inputs than the current config's (a user error: exit 2)."""
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """{"train.learning_rate": 4e-05, ...}; tuples become lists so a record reads back equal."""
+  out = {}
+  for key, value in (config.items() if hasattr(config, "items") else []):
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict | dict):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = json.loads(json.dumps(value, default=str))
+  return out
+
+
+def _selected(flat: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+  keys = tuple(keys)
+  return {k: v for k, v in flat.items()
+          if any(k == g or k.startswith(g + ".") for g in keys) and k not in _IGNORED}
+
+
+@functools.lru_cache(maxsize=256)
+def _file_identity(path: str, size: int, mtime_ns: int) -> str:
+  if size > _HASH_LIMIT:
+    return f"{size} bytes, modified {mtime_ns}"
+  with open(path, "rb") as f:
+    return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()[:20]
+
+
+def files_identity(paths: Iterable[str | os.PathLike]) -> str:
+  """One string that changes when any of the files' content does (hashes; big files: size and
+  modification time). Missing files count as such, so adding one changes it too."""
+  parts = []
+  for p in sorted(str(Path(p).resolve()) for p in paths):
+    try:
+      st = os.stat(p)
+    except FileNotFoundError:
+      parts.append(f"{p}: missing")
+      continue
+    parts.append(f"{Path(p).name}: {_file_identity(p, st.st_size, st.st_mtime_ns)}")
+  return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def checkpoint_identity(checkpoint_dir: str | os.PathLike) -> str:
+  """A model's files (config, weights, tokenizer) as one identity."""
+  directory = Path(checkpoint_dir)
+  return files_identity(p for p in directory.iterdir() if p.is_file() and p.name != "README.md")
+
+
+def stage_inputs(config: ml_collections.ConfigDict, stage: str,
+                 file_inputs: dict[str, dict[str, str]] | None = None,
+                 subspace: str | None = None) -> dict[str, Any]:
+  """Everything `stage`'s outputs depend on: its keys, the earlier stages' keys, and the input
+  files' identities (`file_inputs`: stage -> {name: identity}, keyed "input:<name>"). With
+  `subspace`, the other sub-spaces are left out (one SuperLM does not depend on them)."""
+  flat = flatten(config)
+  if subspace is not None:
+    flat = {k: v for k, v in flat.items()
+            if not k.startswith("subspaces.") or k.startswith(f"subspaces.{subspace}.")}
+  upto = STAGES[:STAGES.index(stage) + 1]
+  inputs = _selected(flat, (k for s in upto for k in _OWN_KEYS[s]))
+  for s in upto:
+    inputs.update({f"input:{k}": v for k, v in (file_inputs or {}).get(s, {}).items()})
+  return inputs
+
+
+def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """'key (old -> new)' for every key that differs, in key order."""
+  def show(v):
+    text = "unset" if v is _MISSING else json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+  keys = sorted(set(recorded) | set(current))
+  return [f"{k} ({show(recorded.get(k, _MISSING))} -> {show(current.get(k, _MISSING))})"
+          for k in keys if recorded.get(k, _MISSING) != current.get(k, _MISSING)]
+
+
+_MISSING = object()
+
+
+def read(path: Path) -> dict | None:
+  """A record, or None where there is none; an unreadable one reads as 'other inputs'."""
+  if not path.is_file():
+    return None
+  try:
+    record = json.loads(path.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return {"inputs": {"record": "unreadable"}}
+  return record if isinstance(record, dict) and isinstance(record.get("inputs"), dict) else {
+      "inputs": {"record": "unreadable"}}
+
+
+def write(path: Path, inputs: dict[str, Any], **extra: Any) -> None:
+  """Writes a record atomically (temporary file, then rename)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(json.dumps({"inputs": inputs, **extra}, indent=1, sort_keys=True) + "\n",
+                 encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def check(path: Path, inputs: dict[str, Any], what: str, way_on: str) -> bool:
+  """True when the record at `path` matches `inputs`, False when there is none; raises
+  StaleInputs naming the changed keys when it differs."""
+  record = read(path)
+  if record is None:
+    return False
+  changes = changed_keys(record["inputs"], inputs)
+  if changes:
+    raise StaleInputs(f"{what} was made with other settings than this config: "
+                      f"{'; '.join(changes)}. {way_on}")
+  return True

@@ -1,0 +1,232 @@
+"""The run directory: the one module that knows where a run keeps what, which process holds it,
+and how the leftovers of a killed run are cleared. Nothing else spells a path inside a workdir
+(tests/workdir_test.py reads the sources to keep it so).
+
+  <workdir>/
+    data_cache/corpus_<key>.npy             the tokenised corpus (data.load_corpus)
+    superlm/<subspace>/checkpoints/<step>/  orbax checkpoints of training
+    superlm/<subspace>/record.json          what that SuperLM is trained with (records.py)
+    metrics.jsonl, tensorboard/<run>/       training metrics
+    search/                                 results.csv, pareto.png, selected.json, summary.json
+    export/<subspace>-<arch>/               Hugging Face checkpoints with their model cards
+    evaluate/                               suite.csv, suite.md, suite.png
+    glue/<model>/<task>/results.json        fine-tuning results; glue/summary.{csv,md}
+    baselines/<kind>-<arch>/                sliced / distilled-alone / random students (baselines.py)
+    <experiment>/                           an experiment's own files (experiments/)
+    stages/<stage>.json                     what each finished stage ran with (records.py)
+    replaced/<time>/                        outputs moved aside by --redo, in the same layout
+    .lock, .lock.json                       held by the process running in it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import filelock
+
+# Written beside their target and renamed over it (atomic.py, records.py, metrics.py, data.py):
+# any of these found at the start of a run were left by a killed process.
+TEMP_MARKERS = (".tmp-", ".old-")
+
+
+class WorkdirBusy(ValueError):
+  """Another process holds the workdir."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+  root: Path
+
+  @classmethod
+  def at(cls, path: str | os.PathLike) -> Workdir:
+    """The workdir at `path`, after checking it can be written. One that does not exist yet is
+    not created here: each stage creates what it writes, so a command that fails its checks
+    leaves nothing behind."""
+    if not str(path).strip():
+      raise ValueError("--workdir is empty: give the directory the run should use")
+    root = Path(path).expanduser().absolute()
+    problem = None
+    if root.exists():
+      if not root.is_dir():
+        problem = "it is a file"
+      elif not os.access(root, os.W_OK | os.X_OK):
+        problem = "it is not writable"
+    else:
+      parent = next(p for p in root.parents if p.exists())
+      if not parent.is_dir():
+        problem = f"{parent} is a file"
+      elif not os.access(parent, os.W_OK | os.X_OK):
+        problem = f"{parent} is not writable"
+    if problem:
+      raise ValueError(f"workdir {str(root)!r} cannot be written ({problem}); choose another --workdir")
+    return cls(root)
+
+  @classmethod
+  def of(cls, workdir: Workdir | str | os.PathLike) -> Workdir:
+    """`workdir` as a Workdir (library functions take either)."""
+    return workdir if isinstance(workdir, Workdir) else cls.at(workdir)
+
+  # Training.
+  @property
+  def data_cache(self) -> Path:
+    return self.root / "data_cache"
+
+  def superlm(self, subspace: str) -> Path:
+    return self.root / "superlm" / subspace
+
+  def checkpoints(self, subspace: str) -> Path:
+    return self.superlm(subspace) / "checkpoints"
+
+  def superlm_record(self, subspace: str) -> Path:
+    return self.superlm(subspace) / "record.json"
+
+  @property
+  def metrics_file(self) -> Path:
+    return self.root / "metrics.jsonl"
+
+  def tensorboard(self, run: str) -> Path:
+    return self.root / "tensorboard" / run
+
+  # Search.
+  @property
+  def search_dir(self) -> Path:
+    return self.root / "search"
+
+  def search_file(self, name: str) -> Path:
+    """results.csv, pareto.png, selected.json or summary.json."""
+    return self.search_dir / name
+
+  @property
+  def selected_file(self) -> Path:
+    return self.search_file("selected.json")
+
+  # Export, evaluation, fine-tuning.
+  @property
+  def export_root(self) -> Path:
+    return self.root / "export"
+
+  def export_dir(self, subspace: str, arch_name: str) -> Path:
+    return self.export_root / f"{subspace}-{arch_name}"
+
+  def exports(self) -> dict[str, Path]:
+    """Every finished export by name (a hidden temporary folder is not one)."""
+    if not self.export_root.is_dir():
+      return {}
+    return {p.name: p for p in sorted(self.export_root.iterdir())
+            if p.is_dir() and not p.name.startswith(".")}
+
+  @property
+  def evaluate_dir(self) -> Path:
+    return self.root / "evaluate"
+
+  @property
+  def glue_root(self) -> Path:
+    return self.root / "glue"
+
+  def glue_result(self, model: str, task: str) -> Path:
+    return self.glue_root / model / task / "results.json"
+
+  def glue_summary(self, suffix: str = "md") -> Path:
+    return self.glue_root / f"summary.{suffix}"
+
+  # Experiments (experiments/): baselines and what an experiment keeps of its own.
+  def baseline_dir(self, kind: str, arch_name: str) -> Path:
+    return self.root / "baselines" / f"{kind}-{arch_name}"
+
+  def experiment_file(self, experiment: str, name: str) -> Path:
+    return self.root / experiment / name
+
+  # Stage records and --redo.
+  def stage_record(self, stage: str) -> Path:
+    return self.root / "stages" / f"{stage}.json"
+
+  def stage_outputs(self, stage: str) -> list[Path]:
+    """What a stage writes, as --redo moves it aside (the stage's record included)."""
+    outputs = {"train": [self.root / "superlm", self.root / "tensorboard"],
+               "search": [self.search_dir], "export": [self.export_root],
+               "evaluate": [self.evaluate_dir], "finetune": [self.glue_root]}[stage]
+    return [*outputs, self.stage_record(stage)]
+
+  def move_aside(self, paths: list[Path]) -> Path | None:
+    """Moves the existing `paths` to replaced/<time>/, keeping their place in the layout; returns
+    that folder (None when none existed). Nothing is deleted."""
+    existing = [p for p in paths if p.exists()]
+    if not existing:
+      return None
+    aside = self.root / "replaced" / time.strftime("%Y%m%d-%H%M%S")
+    for path in existing:
+      target = aside / path.relative_to(self.root)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      os.replace(path, target)
+    return aside
+
+  def temp_sibling(self, target: Path) -> Path:
+    return temp_sibling(target)
+
+  # One process at a time.
+  @contextlib.contextmanager
+  def held(self, primary: bool = True) -> Iterator[None]:
+    """Holds the workdir for this process; a second process fails at once with WorkdirBusy naming
+    the holder. The lock is the kernel's (flock), so a killed holder leaves nothing that blocks:
+    its note (.lock.json) is found, reported, and replaced. Only the primary process of a
+    multi-host job takes it (every host runs the same command in the same workdir)."""
+    if not primary:
+      yield
+      return
+    created = not self.root.exists()
+    self.root.mkdir(parents=True, exist_ok=True)
+    lock, note = filelock.FileLock(self.root / ".lock", timeout=0), self.root / ".lock.json"
+    try:
+      lock.acquire()
+    except filelock.Timeout:
+      raise WorkdirBusy(f"workdir {self.root} is in use by {_holder(note)}; wait for that run to "
+                        "end (or stop it), or use another --workdir") from None
+    try:
+      if note.is_file():
+        print(f"note: an earlier run ({_holder(note)}) ended without releasing {self.root}; "
+              "taken over")
+      note.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")
+      yield
+    finally:
+      note.unlink(missing_ok=True)
+      lock.release()
+      if created and {p.name for p in self.root.iterdir()} <= {".lock"}:
+        shutil.rmtree(self.root)  # a command that failed its checks leaves nothing behind
+
+  def remove_leftovers(self) -> list[Path]:
+    """Deletes the temporary files and folders of killed runs (call while holding the lock)."""
+    if not self.root.is_dir():
+      return []
+    found = [p for p in self.root.rglob(".*") if any(m in p.name for m in TEMP_MARKERS)]
+    removed = []
+    for path in sorted(found, key=lambda p: len(p.parts)):
+      if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+      elif path.exists():
+        path.unlink()
+      else:
+        continue  # inside a folder removed just before
+      removed.append(path)
+    return removed
+
+
+def temp_sibling(target: Path) -> Path:
+  """Where to write `target` before renaming it into place: hidden, same folder, this process."""
+  return target.parent / f".{target.name}.tmp-{os.getpid()}"
+
+
+def _holder(note: Path) -> str:
+  try:
+    h = json.loads(note.read_text())
+    return f"pid {h['pid']} on {h['host']} (started {h['started']})"
+  except (OSError, ValueError, KeyError, TypeError):
+    return "another process (no holder note)"
