@@ -73,6 +73,27 @@ class Checkpointer:
                        "use a new --workdir to start over")
     return None
 
+  def restore_subset(self, like: dict) -> tuple[int, dict] | None:
+    """(step, the part of the saved state shaped like `like`: jax.ShapeDtypeStructs with their
+    shardings) from the latest readable checkpoint, reading nothing else (the optimizer state
+    stays on disk). For readers (search, export): an unreadable checkpoint is skipped with a
+    warning, never moved. None when there is no checkpoint."""
+    failures = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      args = ocp.args.PyTreeRestore(item=like, restore_args=ocp.checkpoint_utils.construct_restore_args(like),
+                                    partial_restore=True)
+      try:
+        return step, ocp.PyTreeCheckpointer().restore(self.directory / str(step) / "state", args=args)
+      except Exception as e:  # orbax/tensorstore raise many types for unreadable files
+        failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        _silence_orphaned_reads()
+        logging.warning("checkpoint in %s unreadable (%s); trying the previous one", self.directory,
+                        failures[-1])
+    if failures:
+      raise ValueError(f"no readable checkpoint in {self.directory} ({'; '.join(failures)}); restore "
+                       "a good copy, or train again (--redo=train)")
+    return None
+
   def _move_aside(self, step: int) -> None:
     """Keeps an unreadable checkpoint for inspection where orbax neither reads nor deletes it."""
     aside = Path(f"{self.directory}.corrupt")

@@ -1,4 +1,4 @@
-"""Task-agnostic objective: self-attention relation distillation (MiniLMv2 style, PAPER_NOTES 3).
+"""Task-agnostic objective: self-attention relation distillation (MiniLMv2 style, docs/paper.md §3).
 
 For each of Q, K and V of the last layer, the concatenated heads are split into the teacher's
 number of relation heads; the relation is softmax(X X^T / sqrt(d_r)) over keys. The student's

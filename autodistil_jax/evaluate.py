@@ -347,4 +347,4 @@ def run_stage(config: ml_collections.ConfigDict, wd, inputs: tuple[SuiteSettings
   if jax.process_index() == 0:
     out = evaluate_report.write_report(wd.evaluate_dir, rows, exports)
     print(f"evaluation suite ({out}):\n" + evaluate_report.markdown_table(rows))
-  return wd.evaluate_dir / "suite.md"
+  return wd.suite_file("md")

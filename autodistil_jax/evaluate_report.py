@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autodistil_jax import atomic
+from autodistil_jax.workdir import SUITE_FILES
 
 # Columns of the Markdown table: (row key, header, format). Higher is better but for relation.
 COLUMNS = (("params", "params", lambda v: f"{v / 1e6:.2f}M"), ("gflops", "GFLOPs", "{:.3f}".format),
@@ -105,13 +106,13 @@ def write_report(out: Path, rows: Sequence[dict], export_dirs: dict[str, Path]) 
   place (as search/ is); the section of each export's card. Returns suite.md."""
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = atomic.temp_dir_for(out)
-  write_csv(tmp / "suite.csv", rows)
-  (tmp / "suite.md").write_text(markdown_table(rows), encoding="utf-8")
-  plot(tmp / "suite.png", rows)
+  write_csv(tmp / SUITE_FILES["csv"], rows)
+  (tmp / SUITE_FILES["md"]).write_text(markdown_table(rows), encoding="utf-8")
+  plot(tmp / SUITE_FILES["png"], rows)
   atomic.replace_dir(tmp, out)
   for r in rows:
     if r["model"] in export_dirs:
       others = [o for o in rows
                 if o["kind"] == "teacher" or (o["kind"] == "sliced" and o["arch"] == r["arch"])]
       update_card(export_dirs[r["model"]], r, others)
-  return out / "suite.md"
+  return out / SUITE_FILES["md"]

@@ -2,7 +2,7 @@
 
 A freshly initialised head on the pooled [CLS] (classification, or regression for STS-B), AdamW
 without weight decay, linear decay from the peak learning rate, dev evaluated every epoch and the
-best epoch kept (PAPER_NOTES section 7). Data parallel over the same ('data',) mesh as training.
+best epoch kept (docs/paper.md §7). Data parallel over the same ('data',) mesh as training.
 """
 
 from __future__ import annotations
@@ -38,30 +38,35 @@ def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
   return int(np.ceil(total_steps * warmup_ratio))
 
 
-def learning_rate_schedule(learning_rate: float, total_steps: int, warmup: int = 0) -> optax.Schedule:
+def learning_rate_at(step, learning_rate, warmup, total_steps) -> jax.Array:
   """Linear warmup from 0 over `warmup` steps, then linear decay to zero at `total_steps`:
-  transformers' get_linear_schedule_with_warmup, step for step (tested)."""
-  decay = optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1))
-  if warmup == 0:
-    return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup), decay], [warmup])
+  transformers' get_linear_schedule_with_warmup, step for step (tested). Any argument may be a
+  traced value, so one compiled step serves every learning rate and training-set size."""
+  step = jnp.asarray(step, jnp.float32)
+  warming = step / jnp.maximum(warmup, 1)
+  decaying = jnp.maximum(0.0, (total_steps - step) / jnp.maximum(total_steps - warmup, 1))
+  return learning_rate * jnp.where(step < warmup, warming, decaying)
 
 
-def make_optimizer(learning_rate: float, total_steps: int, warmup: int = 0) -> optax.GradientTransformation:
-  """AdamW without weight decay on learning_rate_schedule."""
-  return optax.adamw(learning_rate_schedule(learning_rate, total_steps, warmup), b1=0.9, b2=0.999,
-                     eps=1e-8, weight_decay=0.0)
+def learning_rate_schedule(learning_rate: float, total_steps: int, warmup: int = 0) -> optax.Schedule:
+  return lambda step: learning_rate_at(step, learning_rate, warmup, total_steps)
+
+
+def make_optimizer() -> optax.GradientTransformation:
+  """AdamW without weight decay; its learning rate is set each step from learning_rate_at."""
+  return optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8,
+                                               weight_decay=0.0)
 
 
 @functools.lru_cache(maxsize=64)
-def make_functions(encoder_config: EncoderConfig, task: glue.Task, learning_rate: float, total_steps: int,
-                   warmup: int, dropout: float, attention_dropout: float, mesh: jax.sharding.Mesh,
-                   dtype=jnp.float32):
-  """Jitted (train_step, predict) for an encoder of `encoder_config` + a head, batch sharded over
-  the mesh. Cached: every seed, and every model of the same architecture (a searched student and
-  its baselines), reuses one compilation per input shape."""
+def make_functions(encoder_config: EncoderConfig, task: glue.Task, dropout: float, attention_dropout: float,
+                   mesh: jax.sharding.Mesh, dtype=jnp.float32):
+  """Jitted (optimizer, train_step, predict) for an encoder of `encoder_config` + a head, batch
+  sharded over the mesh. The schedule (peak, warmup, total steps) enters the step as values, so
+  every learning rate, training-set size and seed, and every model of the same architecture (a
+  searched student and its baselines), reuses one compilation per input shape."""
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: BertEncoder(encoder_config, rngs=nnx.Rngs(0))))
-  optimizer = make_optimizer(learning_rate, total_steps, warmup)
+  optimizer = make_optimizer()
 
   def logits_fn(params, batch, rng):
     out = nnx.merge(graphdef, params["encoder"])(
@@ -79,8 +84,10 @@ def make_functions(encoder_config: EncoderConfig, task: glue.Task, learning_rate
       return jnp.mean(jnp.square(logits[:, 0] - batch["labels"]))
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]))
 
-  def train_step(params, opt_state, batch, rng):
+  def train_step(params, opt_state, batch, rng, schedule):
     loss, grads = jax.value_and_grad(loss_fn)(params, batch, rng)
+    lr = learning_rate_at(opt_state.count, *schedule)  # schedule: (peak, warmup, total steps)
+    opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -89,8 +96,8 @@ def make_functions(encoder_config: EncoderConfig, task: glue.Task, learning_rate
     return logits[:, 0] if task.is_regression else jnp.argmax(logits, -1)
 
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  train_step = jax.jit(train_step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep, rep),
-                       donate_argnums=(0, 1))
+  train_step = jax.jit(train_step, in_shardings=(rep, rep, data, rep, rep),
+                       out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
   return optimizer, train_step, jax.jit(predict, in_shardings=(rep, data), out_shardings=rep)
 
 
@@ -140,8 +147,9 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
                      f"batch of {cfg.batch_size}")
   total = steps_per_epoch * cfg.epochs
   optimizer, train_step, predict = make_functions(
-      encoder.config, task, float(learning_rate), total, warmup_steps(total, cfg.warmup_ratio),
-      float(cfg.dropout), float(cfg.attention_dropout), mesh)
+      encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh)
+  schedule = parallel.replicate(mesh, jnp.asarray(
+      [learning_rate, warmup_steps(total, cfg.warmup_ratio), total], jnp.float32))
   params = {"encoder": get_params(encoder),
             "head": init_head(encoder.config.hidden, task.num_labels, seed)}
   # A copy: the step donates its parameters, and the encoder's own arrays must survive this run.
@@ -157,14 +165,17 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
     for batch, _ in batches(train, cfg.batch_size, rng.permutation(len(train["labels"])),
                              pad_multiple=cfg.pad_multiple):
       params, opt_state, _ = train_step(params, opt_state, parallel.global_batch_from_full(mesh, batch),
-                                        jax.random.fold_in(base_key, step))
+                                        jax.random.fold_in(base_key, step), schedule)
       step += 1
       bar.update(1)
     scores = {}
     for split, features in dev.items():
-      preds = [np.asarray(predict(params, parallel.global_batch_from_full(mesh, b)))[:n]
-               for b, n in batches(features, cfg.eval_batch_size, drop_last=False,
-                                         pad_multiple=cfg.pad_multiple)]
+      # Every batch is dispatched before any result is fetched: the host never waits per batch.
+      pending = [(predict(params, parallel.global_batch_from_full(mesh, b)), n)
+                 for b, n in batches(features, cfg.eval_batch_size, drop_last=False,
+                                     pad_multiple=cfg.pad_multiple)]
+      fetched = jax.device_get([p for p, _ in pending])
+      preds = [np.asarray(f)[:n] for f, (_, n) in zip(fetched, pending, strict=True)]
       scores[split] = glue.compute_metrics(task, np.concatenate(preds), features["labels"])
     epochs.append(scores)
     score = glue.main_score(task, next(iter(scores.values())))
@@ -214,9 +225,9 @@ def _reusable(path: Path, inputs: dict) -> str | None:
   """None when the result at `path` can be reused, else why not."""
   stored = json.loads(path.read_text(encoding="utf-8"))
   if changes := records.changed_keys(stored.get("inputs", {}), inputs):
-    return "made with other inputs: " + "; ".join(changes)
+    return "was made with other inputs: " + "; ".join(changes)
   if not np.isfinite(stored.get("score_mean", float("nan"))):
-    return "its score is not finite"
+    return "has a score that is not finite"
   return None
 
 
@@ -243,7 +254,7 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir) -> Path:
         if (why := _reusable(out, inputs)) is None:
           continue
         aside = wd.move_aside([out]) if jax.process_index() == 0 else None
-        print(f"{model_name} {task.name}: the stored result is {why}; recomputing (old one in {aside})")
+        print(f"{model_name} {task.name}: the stored result {why}; recomputing (old one in {aside})")
       result = _finetune_task(encoder, task, splits[task.name], tokenizer, config, mesh, model_name)
       result.update(checkpoint=checkpoint, inputs=inputs)
       if jax.process_index() == 0:

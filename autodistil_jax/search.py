@@ -205,14 +205,15 @@ def write_outputs(directory, rows: list[dict], selected: dict[str, dict], budget
   import json
 
   from autodistil_jax import atomic
+  from autodistil_jax.workdir import SEARCH_FILES
 
   tmp = atomic.temp_dir_for(directory)
-  write_results_csv(tmp / "results.csv", rows)
-  plot_pareto(tmp / "pareto.png", rows, selected, teacher["flops"])
-  (tmp / "selected.json").write_text(json.dumps(
+  write_results_csv(tmp / SEARCH_FILES["results"], rows)
+  plot_pareto(tmp / SEARCH_FILES["pareto"], rows, selected, teacher["flops"])
+  (tmp / SEARCH_FILES["selected"]).write_text(json.dumps(
       {b: {**row, "budget_limit": next(x.limit for x in budgets if x.text == b)}
        for b, row in selected.items()}, indent=2) + "\n")
-  (tmp / "summary.json").write_text(json.dumps(
+  (tmp / SEARCH_FILES["summary"]).write_text(json.dumps(
       {"teacher": teacher, "timing": timing,
        "pareto_front": [r["name"] + "@" + r["subspace"] for r in pareto_front(rows)]}, indent=2) + "\n")
   atomic.replace_dir(tmp, directory)

@@ -151,7 +151,7 @@ class SubSpace:
     return tuple(sorted({layer_map(i, L, teacher_layers) for L in self.layers for i in range(L)}))
 
 
-# The paper's sub-spaces for a BERT-base teacher (PAPER_NOTES section 1).
+# The paper's sub-spaces for a BERT-base teacher (docs/paper.md §1).
 PAPER_SUBSPACES: dict[str, SubSpace] = {
     "tiny": SubSpace("tiny", (4, 5, 6, 7), (128, 160, 192, 224), (2.0, 2.5, 3.0, 3.5), (7, 8, 9, 10)),
     "small": SubSpace("small", (9, 10, 11, 12), (256, 288, 320, 352), (2.5, 3.0, 3.5, 4.0), (7, 8, 9, 10)),
@@ -258,14 +258,14 @@ def exact_flops(arch: Arch, seq_len: int, head_size: int, pooler: bool = True) -
 
 
 def paper_flops(arch: Arch, seq_len: int = 128) -> float:
-  """The paper's formula: Q/K/V width H*A/12 and one FLOP per multiply-add (PAPER_NOTES 5)."""
+  """The paper's formula: Q/K/V width H*A/12 and one FLOP per multiply-add (docs/paper.md §5)."""
   n, L, H, R, A = seq_len, arch.layers, arch.hidden, arch.mlp_ratio, arch.heads
   return (L * (3 * n * H**2 * A / 12 + 2 * n**2 * H * A / 12 + n * H**2 + 2 * n * R * H**2)
           + n * H**2 + 2 * H)
 
 
 def paper_params(arch: Arch, vocab_size: int = 30522) -> float:
-  """The paper's parameter formula (PAPER_NOTES section 5)."""
+  """The paper's parameter formula (docs/paper.md §5)."""
   L, H, R, A = arch.layers, arch.hidden, arch.mlp_ratio, arch.heads
   return (H * (vocab_size + 512 + 2 + 2) + L * (H**2 + 3 * H**2 * A / 12 + 6 * H)
           + L * (2 * R * H**2 + R * H + 3 * H) + H**2 + 2 * H)

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from autodistil_jax import data, distill, parallel, records
 from autodistil_jax.checkpoints import Checkpointer
-from autodistil_jax.metrics import MetricsWriter
-from autodistil_jax.model import BertEncoder, get_params, init_superlm
+from autodistil_jax.metrics import MetricsWriter, read_metrics
+from autodistil_jax.model import BertEncoder, from_params, get_params, init_superlm, param_shapes
 from autodistil_jax.search_space import Arch, SubSpace, sandwich_sample
 from autodistil_jax.workdir import Workdir
 
@@ -200,17 +200,34 @@ def check_record(wd: Workdir, name: str, inputs: dict, start: bool = False) -> N
 def load_superlm(config: ml_collections.ConfigDict, wd: Workdir | str | Path, name: str,
                  teacher: BertEncoder, mesh: jax.sharding.Mesh) -> tuple[BertEncoder, int]:
   """The SuperLM of sub-space `name` from its latest checkpoint, and that checkpoint's step.
-  Check its record first (check_record): a SuperLM of another sub-space shape reads as corrupt."""
-  space = SubSpace.from_config(name, config.subspaces[name])
-  graphdef, _, like = _initial_state(config, teacher, space, mesh)
+  Check its record first (check_record): a SuperLM of another sub-space shape reads as corrupt.
+  Only the parameters are read, into shapes known from the configs (no optimizer state built, no
+  teacher slice made to learn them)."""
+  cfg = teacher.config.for_subspace(SubSpace.from_config(name, config.subspaces[name]))
+  rep = parallel.replicated(mesh)
+  like = {"params": {group: {n: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rep)
+                             for n, shape in names.items()}
+                     for group, names in param_shapes(cfg).items()}}
   ckpt = _checkpointer(config, Workdir.of(wd), name)
-  restored = ckpt.restore(like)
+  restored = ckpt.restore_subset(like)
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"no SuperLM checkpoint for sub-space {name!r} in {ckpt.directory}: "
                             "run --mode=train first")
   step, state = restored
-  return nnx.merge(graphdef, state["params"]), step
+  return from_params(cfg, state["params"]), step
+
+
+def training_summary(wd: Workdir, names: list[str]) -> str:
+  """Per sub-space: the distillation loss of each sampled size at the first and last log."""
+  lines = ["SuperLM training: loss at first -> last logged step (largest / smallest / random)"]
+  for name in names:
+    if logged := read_metrics(wd, f"superlm/{name}"):
+      first, last = logged[0], logged[-1]
+      sizes = " / ".join(f"{first[k]:.4g} -> {last[k]:.4g}" for k in first
+                         if k.startswith("loss/") and k in last)
+      lines.append(f"  {name:>6} steps {first['step']}..{last['step']}: {sizes}")
+  return "\n".join(lines)
 
 
 class Preempted(Exception):

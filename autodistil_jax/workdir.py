@@ -35,6 +35,10 @@ import filelock
 # Written beside their target and renamed over it (atomic.py, records.py, metrics.py, data.py):
 # any of these found at the start of a run were left by a killed process.
 TEMP_MARKERS = (".tmp-", ".old-")
+# The files of the search's and the suite's output folders, by what they hold.
+SEARCH_FILES = {"results": "results.csv", "pareto": "pareto.png", "selected": "selected.json",
+                "summary": "summary.json"}
+SUITE_FILES = {"csv": "suite.csv", "md": "suite.md", "png": "suite.png"}
 
 
 class WorkdirBusy(ValueError):
@@ -100,13 +104,13 @@ class Workdir:
   def search_dir(self) -> Path:
     return self.root / "search"
 
-  def search_file(self, name: str) -> Path:
-    """results.csv, pareto.png, selected.json or summary.json."""
-    return self.search_dir / name
+  def search_file(self, kind: str) -> Path:
+    """One of SEARCH_FILES: results, pareto, selected or summary."""
+    return self.search_dir / SEARCH_FILES[kind]
 
   @property
   def selected_file(self) -> Path:
-    return self.search_file("selected.json")
+    return self.search_file("selected")
 
   # Export, evaluation, fine-tuning.
   @property
@@ -126,6 +130,10 @@ class Workdir:
   @property
   def evaluate_dir(self) -> Path:
     return self.root / "evaluate"
+
+  def suite_file(self, kind: str) -> Path:
+    """One of SUITE_FILES: csv, md or png."""
+    return self.evaluate_dir / SUITE_FILES[kind]
 
   @property
   def glue_root(self) -> Path:

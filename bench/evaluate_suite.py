@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-
-from demo import get_config  # noqa: E402
-
-from autodistil_jax import data, evaluate, evaluate_report, hf_io, measures  # noqa: E402
-from autodistil_jax.model import extract_student, random_student  # noqa: E402
-from autodistil_jax.search_space import SubSpace, exact_flops  # noqa: E402
+from autodistil_jax import data, evaluate, evaluate_report, hf_io, measures
+from autodistil_jax.defaults import demo_config as get_config
+from autodistil_jax.model import extract_student, random_student
+from autodistil_jax.search_space import SubSpace, exact_flops
 
 
 def nearest_archs(config, teacher, fractions: tuple[float, ...]):

@@ -14,22 +14,13 @@ three with one or two other jobs sharing the CPU, and RTE 431 s alone (teacher 5
 52.7) (docs/evaluation.md, section 2): 3 seeds x 4 tasks, about 2.1 hours for the teacher.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _demo_config() -> ml_collections.ConfigDict:
-  path = pathlib.Path(__file__).with_name("demo.py")  # config files are loaded by path, not package
-  spec = importlib.util.spec_from_file_location("demo_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from autodistil_jax.defaults import demo_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = _demo_config()
+  c = demo_config()
   c.data.corpus = ""  # set by experiments/headline.py from --data_dir
   c.data.heldout = 64
   c.train.num_steps = 120

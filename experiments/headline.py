@@ -96,7 +96,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import headline_report
 
-  from autodistil_jax import baselines, finetune, parallel, pipeline
+  from autodistil_jax import baselines, finetune, parallel, pipeline, runner
   from autodistil_jax.search_space import Arch
   from autodistil_jax.workdir import Workdir
 
@@ -114,7 +114,7 @@ def main(argv):
   config.data.corpus = transfer_corpus(data_dir, glue_file)
   config.data.glue_dir = str(data_dir / "glue")
   # Each stage is reused while its record matches the config (and refused, naming keys, if not).
-  timer.run("train, search, export", pipeline.run, "all", config, wd.root, (), "export")
+  timer.run("train, search, export", runner.run, "all", config, wd.root, (), "export")
   selected = headline_report.read_selected(wd)
   tasks = list(config.glue.tasks)
   archs = [Arch.from_row(row) for row in selected.values()]

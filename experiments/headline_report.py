@@ -180,9 +180,9 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
             "command to resume; finished cells are kept.")
   figures = out / "figures"
   figures.mkdir(parents=True, exist_ok=True)
-  shutil.copy(wd.search_file("pareto.png"), figures / "headline_pareto.png")
+  shutil.copy(wd.search_file("pareto"), figures / "headline_pareto.png")
   plot_glue_vs_flops(figures / "headline_glue_vs_flops.png", rows)
-  search = json.loads(wd.search_file("summary.json").read_text())
+  search = json.loads(wd.search_file("summary").read_text())
   g, t = config.glue, config.train
   total = sum(times.values())
   lines = [

@@ -26,18 +26,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # libraries log a lot at INFO; progress bars say enough
     logging.set_verbosity(logging.WARNING)
-  from autodistil_jax import pipeline  # after flag parsing: jax picks up XLA flags from the env
+  from autodistil_jax import pipeline, runner  # after flag parsing: jax reads XLA flags from the env
   from autodistil_jax.train import Preempted
 
   config = _CONFIG.value
   pipeline.setup_distributed(config)
   logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
   try:
-    pipeline.run(_MODE.value, config, _WORKDIR.value, tuple(_REDO.value))
+    runner.run(_MODE.value, config, _WORKDIR.value, tuple(_REDO.value))
   except Preempted as e:  # SIGTERM: the checkpoint is saved; exit as a SIGTERM'd process would
     print(str(e), file=sys.stderr)
     sys.exit(143)
-  except pipeline.USER_ERRORS as e:  # what the user must fix: one line, non-zero exit
+  except runner.USER_ERRORS as e:  # what the user must fix: one line, non-zero exit
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     sys.exit(2)
 

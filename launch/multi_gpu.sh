@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run AutoDistil on one or more multi-GPU nodes (one process per node, all its GPUs).
 #
-# One node:      bash launch/multi_gpu.sh configs/base.py all
+# One node:      bash launch/multi_gpu.sh configs/paper.py:base all
 # Several nodes: on node i of N (NODE_RANK=i, NUM_NODES=N, COORDINATOR=host0:1234):
 #   NUM_NODES=2 NODE_RANK=0 COORDINATOR=10.0.0.1:1234 WORKDIR=/shared/runs/base \
-#     CORPUS='/data/wiki/*.txt' bash launch/multi_gpu.sh configs/base.py train
+#     CORPUS='/data/wiki/*.txt' bash launch/multi_gpu.sh configs/paper.py:base train
 # Under SLURM (srun, one task per node) the coordinator is found by JAX itself: leave
 # COORDINATOR unset. WORKDIR must be on a filesystem every node sees.
 # Install once per node: pip install -U "jax[cuda12]" && pip install -e .

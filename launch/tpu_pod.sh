@@ -2,7 +2,7 @@
 # Run AutoDistil on every worker of a TPU VM pod slice (multi-host data parallel).
 #
 #   TPU=my-v4-32 ZONE=us-central2-b WORKDIR=gs://my-bucket/autodistil/tiny \
-#     CORPUS=tfds:wikipedia/20230601.en bash launch/tpu_pod.sh configs/tiny.py all
+#     CORPUS=tfds:wikipedia/20230601.en bash launch/tpu_pod.sh configs/paper.py:tiny all
 #
 # Every worker clones/installs the project and runs the same command; JAX discovers the pod
 # (jax.distributed.initialize with no arguments) and each host feeds its rows of each batch.

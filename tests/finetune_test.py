@@ -52,7 +52,7 @@ def test_cut_padding_changes_nothing_without_dropout(teacher, sst2):
     assert a["dev"]["accuracy"] == pytest.approx(b["dev"]["accuracy"], abs=1 / 96)
 
 
-def test_seeds_and_same_shaped_models_share_one_compilation(teacher, sst2):
+def test_seeds_learning_rates_sizes_and_same_shaped_models_share_one_compilation(teacher, sst2):
   task, train, dev = sst2
   mesh = parallel.make_mesh()
   arch = Arch(1, 64, 1.0, 2)
@@ -60,10 +60,12 @@ def test_seeds_and_same_shaped_models_share_one_compilation(teacher, sst2):
   assert sliced.config == scratch.config
   before = get_params(sliced)
   misses = finetune.make_functions.cache_info().misses
-  runs = [finetune.finetune(model, task, train, dev, _cfg(16), 1e-4, seed, mesh)
-          for model, seed in [(sliced, 0), (sliced, 1), (scratch, 0)]]
+  fewer = {k: v[:48] for k, v in train.items()}  # another training-set size: another schedule
+  runs = [finetune.finetune(model, task, data, dev, _cfg(16), lr, seed, mesh)
+          for model, data, lr, seed in [(sliced, train, 1e-4, 0), (sliced, train, 1e-4, 1),
+                                        (scratch, train, 1e-4, 0), (sliced, fewer, 3e-4, 0)]]
   assert finetune.make_functions.cache_info().misses == misses + 1
-  _, train_step, predict = finetune.make_functions(sliced.config, task, 1e-4, 8, 0, 0.1, 0.1, mesh)
+  _, train_step, predict = finetune.make_functions(sliced.config, task, 0.1, 0.1, mesh)
   assert train_step._cache_size() <= 64 // 16  # one compilation per padded length at most
   assert runs[0].epochs != runs[1].epochs or runs[0].epochs != runs[2].epochs
   # The encoder's own parameters survive the runs (the step donates only its copy).

@@ -118,7 +118,8 @@ def test_summary_leaves_out_of_the_average_the_tasks_the_teacher_did_not_learn(t
   result("teacher", "stsb", 0.85, 0.0)
   result("student", "cola", 0.1, 0.0)
   result("student", "stsb", 0.75, 0.0)
-  lines = finetune.write_summary(tmp_path, ["teacher", "student"], ["cola", "stsb"]).read_text().splitlines()
+  summary = finetune.write_summary(Workdir(tmp_path), ["teacher", "student"], ["cola", "stsb"])
+  lines = summary.read_text().splitlines()
   assert lines[0] == "| model | params | GFLOPs | cola (not learnt) | stsb | avg |"
   assert lines[2].endswith("| 85.0 |") and lines[3].endswith("| 75.0 |")
   assert "| 0.0 ± 0.0 † |" in lines[2] and "| 10.0 ± 0.0 |" in lines[3]  # the cells that learnt nothing

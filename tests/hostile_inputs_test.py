@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 from train_test import tiny_config
 
-from autodistil_jax import pipeline
+from autodistil_jax import runner
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def _teacher_copy(teacher_dir, tmp_path, change):
 
 
 def _glue_with_bad_row(data_dir, tmp_path):
-  glue = tmp_path / "glue"
+  glue = tmp_path / "glue_data"
   shutil.copytree(data_dir / "glue" / "STS-B", glue / "STS-B")
   (glue / "RTE").mkdir(parents=True)
   shutil.copy(data_dir / "glue" / "RTE" / "dev.tsv", glue / "RTE" / "dev.tsv")
@@ -123,8 +123,8 @@ def test_hostile_input_is_a_clear_error_leaving_nothing(case, mode, overrides, m
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   made, workdir = _setup(case, overrides, tmp_path, teacher_dir, data_dir)
   config = _config(made, str(data_dir / "wikitext-2" / "valid.txt"))
-  with pytest.raises(pipeline.USER_ERRORS) as info:
-    pipeline.run(mode, config, workdir)
+  with pytest.raises(runner.USER_ERRORS) as info:
+    runner.run(mode, config, workdir)
   assert message in " ".join(str(info.value).split())
   assert not workdir.exists()
 

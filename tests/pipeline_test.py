@@ -25,16 +25,16 @@ def test_train_search_export(data_dir, tmp_path):
   for mode in ("train", "search", "export"):
     result = _main(tmp_path, mode, corpus)
     assert result.returncode == 0, result.stderr[-3000:]
-  with open(Workdir(tmp_path).search_file("results.csv"), encoding="utf-8") as f:
+  with open(Workdir(tmp_path).search_file("results"), encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 16 and all(float(r["loss"]) > 0 and int(r["tokens"]) > 0 for r in rows)
   assert set(rows[0]) >= {"subspace", "layers", "hidden", "mlp_ratio", "heads", "params", "flops",
                           "paper_flops", "loss", "tokens"}
-  selected = json.loads((Workdir(tmp_path).search_file("selected.json")).read_text())
+  selected = json.loads((Workdir(tmp_path).search_file("selected")).read_text())
   assert set(selected) == {"flops<=0.5*teacher", "params<=12M"}
-  summary = json.loads((Workdir(tmp_path).search_file("summary.json")).read_text())
+  summary = json.loads((Workdir(tmp_path).search_file("summary")).read_text())
   assert summary["timing"]["mini"]["compilations"] == 1
-  assert (Workdir(tmp_path).search_file("pareto.png")).stat().st_size > 10_000
+  assert (Workdir(tmp_path).search_file("pareto")).stat().st_size > 10_000
   exported = sorted(Workdir(tmp_path).exports())
   assert exported and all(p.startswith("mini-L") for p in exported)
 
@@ -55,14 +55,14 @@ def test_train_search_export(data_dir, tmp_path):
 
   evaluated = _main(tmp_path, "evaluate", corpus, glue_dir)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  table = (Workdir(tmp_path).evaluate_dir / "suite.md").read_text().splitlines()
+  table = (Workdir(tmp_path).suite_file("md")).read_text().splitlines()
   assert table[2].startswith("| teacher | teacher | L6_H384_R4_A12 |") and "| 1.000 |" in table[2]
   kinds = [line.split(" | ")[1] for line in table[2:]]
   assert kinds == ["teacher"] + ["searched", "sliced", "random"] * len(exported), kinds
-  with open(Workdir(tmp_path).evaluate_dir / "suite.csv", encoding="utf-8") as f:
+  with open(Workdir(tmp_path).suite_file("csv"), encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == len(table) - 2 and all(-100 <= float(r["sts_spearman"]) <= 100 for r in rows)
-  assert (Workdir(tmp_path).evaluate_dir / "suite.png").stat().st_size > 10_000
+  assert (Workdir(tmp_path).suite_file("png")).stat().st_size > 10_000
   card = (Workdir(tmp_path).exports()[exported[0]] / "README.md").read_text()
   assert card.count("## Evaluation (task-agnostic suite") == 1 and f"| {exported[0]} | searched |" in card
 
@@ -82,7 +82,7 @@ def test_train_search_export(data_dir, tmp_path):
 
   impossible = _main(tmp_path, "search", corpus, "--config.search.budgets=('params<=1K',)")
   assert impossible.returncode != 0 and "is met by no student: the cheapest" in impossible.stderr
-  assert (Workdir(tmp_path).search_file("selected.json")).read_text() == json.dumps(selected, indent=2) + "\n"
+  assert (Workdir(tmp_path).search_file("selected")).read_text() == json.dumps(selected, indent=2) + "\n"
 
 
 @pytest.mark.parametrize("override,message", [

@@ -72,7 +72,7 @@ def test_sandwich_sampling_is_a_pure_function_of_seed_and_step():
 
 
 def test_paper_formula_reproduces_the_published_figures():
-  # (arch, params in M, GFLOPs) as printed in PAPER_NOTES section 5.
+  # (arch, params in M, GFLOPs) as printed in docs/paper.md §5 and the paper.
   table = [(S.Arch(12, 768, 4.0, 12), "109.5", "11.25"), (S.Arch(11, 352, 4.0, 10), "26.77", "2.128"),
            (S.Arch(12, 544, 3.0, 9), "50.11", "4.403"), (S.Arch(11, 352, 4.0, 8), "26.09", "2.019"),
            (S.Arch(7, 160, 3.5, 10), "6.89", "0.275")]
