@@ -1,26 +1,28 @@
-"""Whole-directory outputs that appear complete or not at all (search results, exports)."""
+"""Whole-directory outputs that appear complete or not at all (search results, exports): written
+into a hidden temporary sibling and renamed into place (storage.py: atomic on local disks)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
+
+from autodistil_jax import storage
+from autodistil_jax.storage import AnyPath
 
 
-def temp_dir_for(target: Path) -> Path:
+def temp_dir_for(target: AnyPath) -> AnyPath:
   """A fresh hidden sibling of `target` to write into (same filesystem, so rename is atomic)."""
   tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
+  storage.rmtree(tmp)
   tmp.mkdir(parents=True)
   return tmp
 
 
-def replace_dir(tmp: Path, target: Path) -> None:
+def replace_dir(tmp: AnyPath, target: AnyPath) -> None:
   """Moves the finished `tmp` to `target`; an existing target is swapped out, then removed."""
   if target.exists():
     old = target.parent / f".{target.name}.old-{os.getpid()}"
-    os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old)
+    storage.replace(target, old)
+    storage.replace(tmp, target)
+    storage.rmtree(old)
   else:
-    os.replace(tmp, target)
+    storage.replace(tmp, target)

@@ -14,23 +14,24 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from autodistil_jax import storage
+
 
 class Checkpointer:
   """Saves and restores {"params", "opt_state", "rng"} plus the data iterator under `directory`."""
 
   def __init__(self, directory: str | os.PathLike, save_every: int, keep: int):
-    self.directory = Path(directory).absolute()
+    self.directory = storage.path(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
                                            create=True, enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(_epath(self.directory), options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -83,7 +84,8 @@ class Checkpointer:
       args = ocp.args.PyTreeRestore(item=like, restore_args=ocp.checkpoint_utils.construct_restore_args(like),
                                     partial_restore=True)
       try:
-        return step, ocp.PyTreeCheckpointer().restore(self.directory / str(step) / "state", args=args)
+        return step, ocp.PyTreeCheckpointer().restore(_epath(self.directory / str(step) / "state"),
+                                                      args=args)
       except Exception as e:  # orbax/tensorstore raise many types for unreadable files
         failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         _silence_orphaned_reads()
@@ -96,9 +98,9 @@ class Checkpointer:
 
   def _move_aside(self, step: int) -> None:
     """Keeps an unreadable checkpoint for inspection where orbax neither reads nor deletes it."""
-    aside = Path(f"{self.directory}.corrupt")
+    aside = self.directory.with_name(f"{self.directory.name}.corrupt")
     aside.mkdir(exist_ok=True)
-    os.replace(self.directory / str(step), aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    storage.replace(self.directory / str(step), aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     self._manager.reload()
 
   def wait(self) -> None:
@@ -106,6 +108,13 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _epath(p):
+  """orbax reads and writes through etils.epath, which takes local paths and gs:// URLs."""
+  from etils import epath
+
+  return epath.Path(str(p))
 
 
 def _silence_orphaned_reads() -> None:

@@ -20,6 +20,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from autodistil_jax import storage
 from autodistil_jax.workdir import temp_sibling
 
 # WikiText section headings look like " = = Title = = "; they are not paragraphs.
@@ -184,22 +185,26 @@ def load_corpus(spec: str, tokenizer_dir: str | os.PathLike, seq_len: int, *, pa
   cache = None
   if cache_dir is not None:
     key = corpus_fingerprint(spec, str(tokenizer_dir), seq_len, pack, **tfds_args)
-    cache = Path(cache_dir) / f"corpus_{key}.npy"
+    cache = storage.path(cache_dir) / f"corpus_{key}.npy"
   fresh = cache is None or not cache.is_file()
   if fresh:
     tokens = tokenize(paragraphs(spec, **tfds_args), load_tokenizer(tokenizer_dir), seq_len, pack)
     logging.info("tokenised %s: %d sequences of %d", spec, len(tokens), seq_len)
   else:
-    tokens = np.load(cache, mmap_mode="r")
+    if storage.is_local(cache):
+      tokens = np.load(cache, mmap_mode="r")
+    else:
+      with cache.open("rb") as f:
+        tokens = np.load(f)
   if len(tokens) < min_sequences[0]:
     raise ValueError(f"corpus {spec!r} gives {len(tokens)} sequences of {seq_len} tokens, fewer than "
                      f"the {min_sequences[0]} needed ({min_sequences[1]}): add text or lower those")
   if fresh and cache is not None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(cache)
-    with open(tmp, "wb") as f:
+    with tmp.open("wb") as f:
       np.save(f, tokens)
-    os.replace(tmp, cache)  # atomic: a half-written cache is never read
+    storage.replace(tmp, cache)  # atomic: a half-written cache is never read
   return tokens
 
 

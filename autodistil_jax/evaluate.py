@@ -326,7 +326,7 @@ def run_stage(config: ml_collections.ConfigDict, wd, inputs: tuple[SuiteSettings
   wd.evaluate_dir and each export's card section. Returns the suite table's path."""
   from pathlib import Path
 
-  from autodistil_jax import data, evaluate_report, hf_io
+  from autodistil_jax import data, evaluate_report, hf_io, storage
 
   settings, texts = inputs
   exports = wd.exports()
@@ -335,8 +335,12 @@ def run_stage(config: ml_collections.ConfigDict, wd, inputs: tuple[SuiteSettings
     if f"{row['subspace']}-{row['name']}" not in exports:
       not_exported.setdefault(row["subspace"], []).append(Arch.from_row(row))
   superlms = load_superlms(list(not_exported)) if not_exported else {}
+  def load(p):
+    with storage.local_checkpoint(str(p)) as local:
+      return hf_io.load_bert(local)
+
   subjects = workdir_subjects(
-      teacher, {n: hf_io.load_bert(p) for n, p in exports.items()},
+      teacher, {n: load(p) for n, p in exports.items()},
       {n: (superlms[n][0], a) for n, a in not_exported.items()},
       {f"{r['subspace']}-{r['name']}" for r in selected}, config.evaluate.baselines, config.seed)
   subjects += [Subject(Path(p).name, "model", hf_io.load_bert(p)) for p in config.evaluate.models]

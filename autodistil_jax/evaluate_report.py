@@ -5,12 +5,11 @@ evaluate.py."""
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from autodistil_jax import atomic
-from autodistil_jax.workdir import SUITE_FILES
+from autodistil_jax import atomic, storage
+from autodistil_jax.workdir import SUITE_FILES, temp_sibling
 
 # Columns of the Markdown table: (row key, header, format). Higher is better but for relation.
 COLUMNS = (("params", "params", lambda v: f"{v / 1e6:.2f}M"), ("gflops", "GFLOPs", "{:.3f}".format),
@@ -37,14 +36,14 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp = temp_sibling(path)
   tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)
+  storage.replace(tmp, path)
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
   fields = list(dict.fromkeys(k for r in rows for k in r))
-  with open(path, "w", newline="", encoding="utf-8") as f:
+  with path.open("w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
@@ -72,7 +71,8 @@ def plot(path: Path, rows: Sequence[dict]) -> None:
     ax.grid(True, alpha=0.3)
   axes[0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path)
+  with path.open("wb") as f:
+    fig.savefig(f, format="png")
   plt.close(fig)
 
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from autodistil_jax import atomic, hf_io
+from autodistil_jax import atomic, hf_io, storage
 from autodistil_jax.model import BertEncoder, count_params, extract_student, get_params
 from autodistil_jax.search_space import Arch, exact_flops
 
@@ -72,7 +72,7 @@ def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, 
                    teacher_dir: str | os.PathLike, teacher_name: str, subspace: str, seq_len: int,
                    loss: float | None = None, overwrite: bool = False) -> Path:
   """Slices `arch` out of `superlm` and writes it to `target` as an HF checkpoint."""
-  target = Path(target)
+  target = storage.path(target)
   if target.exists() and not overwrite:
     raise FileExistsError(f"export target {target} already exists; remove it or pass --overwrite")
   student = extract_student(superlm, arch)
@@ -80,15 +80,16 @@ def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, 
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = atomic.temp_dir_for(target)
   try:
-    hf_io.write_checkpoint(tmp, student.config, get_params(student))
-    for name in TOKENIZER_FILES:
-      if (Path(teacher_dir) / name).is_file():
-        shutil.copy(Path(teacher_dir) / name, tmp / name)
-    (tmp / "README.md").write_text(model_card(
-        arch, student, seq_len=seq_len, teacher=teacher_name, subspace=subspace, loss=loss,
-        remote_code=remote_code))
+    with storage.local_folder(tmp) as build:
+      hf_io.write_checkpoint(build, student.config, get_params(student))
+      for name in TOKENIZER_FILES:
+        if (Path(teacher_dir) / name).is_file():
+          shutil.copy(Path(teacher_dir) / name, build / name)
+      (build / "README.md").write_text(model_card(
+          arch, student, seq_len=seq_len, teacher=teacher_name, subspace=subspace, loss=loss,
+          remote_code=remote_code))
     atomic.replace_dir(tmp, target)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    storage.rmtree(tmp)
     raise
   return target

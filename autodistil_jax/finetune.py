@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from autodistil_jax import data, glue, hf_io, parallel, records
+from autodistil_jax import data, glue, hf_io, parallel, records, storage
 from autodistil_jax.model import BertEncoder, EncoderConfig, count_params, get_params
 from autodistil_jax.search_space import exact_flops
 from autodistil_jax.workdir import Workdir, temp_sibling
@@ -213,12 +212,13 @@ def finetune_models(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str,
 _NOT_INPUTS = ("tasks", "models", "include_teacher", "eval_batch_size")
 
 
-def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, checkpoint: str) -> dict:
+def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, model_identity: str) -> dict:
   """What one (model, task) result depends on: the fine-tuning settings, the seed, the task's
-  data and the model's files. A stored result is reused only when these match."""
+  data and the model's files (records.checkpoint_identity). A stored result is reused only when
+  these match."""
   settings = {k: v for k, v in records.flatten(config.glue).items() if k not in _NOT_INPUTS}
   return {**settings, "seed": config.seed, "data": glue.identity([task], config.data.glue_dir),
-          "model": records.checkpoint_identity(hf_io.resolve_checkpoint(checkpoint))}
+          "model": model_identity}
 
 
 def _reusable(path: Path, inputs: dict) -> str | None:
@@ -246,10 +246,12 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir) -> Path:
                      **{s: glue.read_split(t, config.data.glue_dir, s) for s in t.dev_splits}}
             for t in tasks}
   for model_name, checkpoint in models.items():
-    encoder = hf_io.load_bert(checkpoint)
-    tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(checkpoint))
+    with storage.local_checkpoint(checkpoint) as local:
+      encoder = hf_io.load_bert(local)
+      tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(local))
+      identity = records.checkpoint_identity(hf_io.resolve_checkpoint(local))
     for task in tasks:
-      out, inputs = wd.glue_result(model_name, task.name), result_inputs(config, task, checkpoint)
+      out, inputs = wd.glue_result(model_name, task.name), result_inputs(config, task, identity)
       if out.is_file():
         if (why := _reusable(out, inputs)) is None:
           continue
@@ -264,7 +266,7 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_sibling(out)
         tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
+        storage.replace(tmp, out)
         print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
               f"(+-{100 * result['score_std']:.1f}, lr {result['best_lr']:g})")
   return write_summary(wd, list(models), [t.name for t in tasks])
@@ -328,7 +330,7 @@ def write_summary(wd: Workdir, models: list[str], tasks: list[str]) -> Path:
   for row in rows:
     row["average"] = float(np.mean([row[t] for t in counted]))
   wd.glue_root.mkdir(parents=True, exist_ok=True)
-  with open(wd.glue_summary("csv"), "w", newline="", encoding="utf-8") as f:
+  with wd.glue_summary("csv").open("w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
     writer.writeheader()
     writer.writerows(rows)

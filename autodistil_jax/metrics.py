@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 
+from autodistil_jax import storage
 from autodistil_jax.workdir import Workdir, temp_sibling
 
 
@@ -24,14 +25,27 @@ class MetricsWriter:
     wd.root.mkdir(parents=True, exist_ok=True)
     if resume_step is not None:
       _drop_records_after(wd.metrics_file, run, resume_step)
-    self._jsonl = open(wd.metrics_file, "a", encoding="utf-8")  # noqa: SIM115
-    self._tb = SummaryWriter(str(wd.tensorboard(run)))
+    self._file = wd.metrics_file
+    # Object stores cannot append: there the file is rewritten whole at each write (it is small).
+    self._lines = (None if storage.is_local(self._file) else
+                   self._file.read_text(encoding="utf-8").splitlines(keepends=True)
+                   if self._file.exists() else [])
+    self._jsonl = open(self._file, "a", encoding="utf-8") if self._lines is None else None  # noqa: SIM115
+    # TensorBoard event files only on local disks (tensorboardX writes there without TensorFlow).
+    self._tb = SummaryWriter(str(wd.tensorboard(run))) if storage.is_local(wd.root) else None
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.active:
       return
-    self._jsonl.write(json.dumps({"run": self.run, "step": step, **scalars}) + "\n")
-    self._jsonl.flush()
+    line = json.dumps({"run": self.run, "step": step, **scalars}) + "\n"
+    if self._jsonl is not None:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+    else:
+      self._lines.append(line)
+      self._file.write_text("".join(self._lines), encoding="utf-8")
+    if self._tb is None:
+      return
     for k, v in scalars.items():
       if isinstance(v, int | float):  # lists (e.g. non-finite students) stay in metrics.jsonl
         self._tb.add_scalar(k, v, step)
@@ -39,8 +53,9 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self.active:
-      self._jsonl.close()
-      self._tb.close()
+      for f in (self._jsonl, self._tb):
+        if f is not None:
+          f.close()
 
 
 def read_metrics(wd: Workdir | str | os.PathLike, run: str | None = None) -> list[dict]:
@@ -62,7 +77,7 @@ def _drop_records_after(path: Path, run: str, step: int) -> None:
   if len(kept) != len(lines):
     tmp = temp_sibling(path)
     tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    storage.replace(tmp, path)
 
 
 def _keep(line: str, run: str, step: int) -> bool:

@@ -47,7 +47,8 @@ def load_teacher(config: ml_collections.ConfigDict) -> BertEncoder:
 def stage_inputs(config: ml_collections.ConfigDict, stage: str, subspace: str | None = None) -> dict:
   """records.stage_inputs with the identities of the files the stages up to `stage` read."""
   files = {"train": {"teacher": records.checkpoint_identity(hf_io.resolve_checkpoint(config.teacher)),
-                     "corpus": records.files_identity(data.corpus_files(config.data.corpus))}}
+                     "corpus": records.files_identity(data.corpus_files(config.data.corpus))
+                     if config.data.corpus else ""}}
   glue_dir = config.data.glue_dir
   identity = lambda names: glue.identity([glue.get_task(t) for t in names], glue_dir)
   if STAGES.index(stage) >= STAGES.index("evaluate") and glue_dir:

@@ -18,6 +18,9 @@ from typing import Any
 
 import ml_collections
 
+from autodistil_jax import storage
+from autodistil_jax.storage import AnyPath
+
 STAGES = ("train", "search", "export", "evaluate", "finetune")
 
 # The config keys (or whole groups) each stage's outputs depend on, beyond the stages before it.
@@ -117,7 +120,7 @@ def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
 _MISSING = object()
 
 
-def read(path: Path) -> dict | None:
+def read(path: AnyPath) -> dict | None:
   """A record, or None where there is none; an unreadable one reads as 'other inputs'."""
   if not path.is_file():
     return None
@@ -129,16 +132,16 @@ def read(path: Path) -> dict | None:
       "inputs": {"record": "unreadable"}}
 
 
-def write(path: Path, inputs: dict[str, Any], **extra: Any) -> None:
+def write(path: AnyPath, inputs: dict[str, Any], **extra: Any) -> None:
   """Writes a record atomically (temporary file, then rename)."""
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   tmp.write_text(json.dumps({"inputs": inputs, **extra}, indent=1, sort_keys=True) + "\n",
                  encoding="utf-8")
-  os.replace(tmp, path)
+  storage.replace(tmp, path)
 
 
-def check(path: Path, inputs: dict[str, Any], what: str, way_on: str) -> bool:
+def check(path: AnyPath, inputs: dict[str, Any], what: str, way_on: str) -> bool:
   """True when the record at `path` matches `inputs`, False when there is none; raises
   StaleInputs naming the changed keys when it differs."""
   record = read(path)

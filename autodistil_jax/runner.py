@@ -43,6 +43,8 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | os.PathLike
 
 
 def _check_stage(config, wd: Workdir, stage: str) -> bool:
+  if not wd.stage_record(stage).is_file():  # nothing to compare (and no input to identify)
+    return False
   way_on = (f"Use a new --workdir, or --redo={stage} to run it again (its outputs and those of the "
             f"stages after it are moved to {wd.root / 'replaced'}/)")
   return records.check(wd.stage_record(stage), stage_inputs(config, stage),

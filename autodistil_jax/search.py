@@ -234,7 +234,7 @@ CSV_COLUMNS = ("subspace", "name", "layers", "hidden", "mlp_ratio", "heads", "pa
 def write_results_csv(path, rows: Sequence[dict]) -> None:
   import csv
 
-  with open(path, "w", newline="", encoding="utf-8") as f:
+  with path.open("w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS + ("latency_ms",), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
@@ -269,5 +269,6 @@ def plot_pareto(path, rows: Sequence[dict], selected: dict[str, dict], teacher_f
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path)
+  with path.open("wb") as f:
+    fig.savefig(f, format="png")
   plt.close(fig)

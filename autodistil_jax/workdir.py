@@ -24,13 +24,14 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import filelock
+
+from autodistil_jax import storage
+from autodistil_jax.storage import AnyPath
 
 # Written beside their target and renamed over it (atomic.py, records.py, metrics.py, data.py):
 # any of these found at the start of a run were left by a killed process.
@@ -47,7 +48,7 @@ class WorkdirBusy(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Workdir:
-  root: Path
+  root: AnyPath  # local (pathlib.Path) or on cloud storage (a UPath): storage.py
 
   @classmethod
   def at(cls, path: str | os.PathLike) -> Workdir:
@@ -56,7 +57,9 @@ class Workdir:
     leaves nothing behind."""
     if not str(path).strip():
       raise ValueError("--workdir is empty: give the directory the run should use")
-    root = Path(path).expanduser().absolute()
+    root = storage.path(path)
+    if not storage.is_local(root):
+      return cls(root)  # cloud storage: permissions show at the first write
     problem = None
     if root.exists():
       if not root.is_dir():
@@ -80,47 +83,47 @@ class Workdir:
 
   # Training.
   @property
-  def data_cache(self) -> Path:
+  def data_cache(self) -> AnyPath:
     return self.root / "data_cache"
 
-  def superlm(self, subspace: str) -> Path:
+  def superlm(self, subspace: str) -> AnyPath:
     return self.root / "superlm" / subspace
 
-  def checkpoints(self, subspace: str) -> Path:
+  def checkpoints(self, subspace: str) -> AnyPath:
     return self.superlm(subspace) / "checkpoints"
 
-  def superlm_record(self, subspace: str) -> Path:
+  def superlm_record(self, subspace: str) -> AnyPath:
     return self.superlm(subspace) / "record.json"
 
   @property
-  def metrics_file(self) -> Path:
+  def metrics_file(self) -> AnyPath:
     return self.root / "metrics.jsonl"
 
-  def tensorboard(self, run: str) -> Path:
+  def tensorboard(self, run: str) -> AnyPath:
     return self.root / "tensorboard" / run
 
   # Search.
   @property
-  def search_dir(self) -> Path:
+  def search_dir(self) -> AnyPath:
     return self.root / "search"
 
-  def search_file(self, kind: str) -> Path:
+  def search_file(self, kind: str) -> AnyPath:
     """One of SEARCH_FILES: results, pareto, selected or summary."""
     return self.search_dir / SEARCH_FILES[kind]
 
   @property
-  def selected_file(self) -> Path:
+  def selected_file(self) -> AnyPath:
     return self.search_file("selected")
 
   # Export, evaluation, fine-tuning.
   @property
-  def export_root(self) -> Path:
+  def export_root(self) -> AnyPath:
     return self.root / "export"
 
-  def export_dir(self, subspace: str, arch_name: str) -> Path:
+  def export_dir(self, subspace: str, arch_name: str) -> AnyPath:
     return self.export_root / f"{subspace}-{arch_name}"
 
-  def exports(self) -> dict[str, Path]:
+  def exports(self) -> dict[str, AnyPath]:
     """Every finished export by name (a hidden temporary folder is not one)."""
     if not self.export_root.is_dir():
       return {}
@@ -128,42 +131,42 @@ class Workdir:
             if p.is_dir() and not p.name.startswith(".")}
 
   @property
-  def evaluate_dir(self) -> Path:
+  def evaluate_dir(self) -> AnyPath:
     return self.root / "evaluate"
 
-  def suite_file(self, kind: str) -> Path:
+  def suite_file(self, kind: str) -> AnyPath:
     """One of SUITE_FILES: csv, md or png."""
     return self.evaluate_dir / SUITE_FILES[kind]
 
   @property
-  def glue_root(self) -> Path:
+  def glue_root(self) -> AnyPath:
     return self.root / "glue"
 
-  def glue_result(self, model: str, task: str) -> Path:
+  def glue_result(self, model: str, task: str) -> AnyPath:
     return self.glue_root / model / task / "results.json"
 
-  def glue_summary(self, suffix: str = "md") -> Path:
+  def glue_summary(self, suffix: str = "md") -> AnyPath:
     return self.glue_root / f"summary.{suffix}"
 
   # Experiments (experiments/): baselines and what an experiment keeps of its own.
-  def baseline_dir(self, kind: str, arch_name: str) -> Path:
+  def baseline_dir(self, kind: str, arch_name: str) -> AnyPath:
     return self.root / "baselines" / f"{kind}-{arch_name}"
 
-  def experiment_file(self, experiment: str, name: str) -> Path:
+  def experiment_file(self, experiment: str, name: str) -> AnyPath:
     return self.root / experiment / name
 
   # Stage records and --redo.
-  def stage_record(self, stage: str) -> Path:
+  def stage_record(self, stage: str) -> AnyPath:
     return self.root / "stages" / f"{stage}.json"
 
-  def stage_outputs(self, stage: str) -> list[Path]:
+  def stage_outputs(self, stage: str) -> list[AnyPath]:
     """What a stage writes, as --redo moves it aside (the stage's record included)."""
     outputs = {"train": [self.root / "superlm", self.root / "tensorboard"],
                "search": [self.search_dir], "export": [self.export_root],
                "evaluate": [self.evaluate_dir], "finetune": [self.glue_root]}[stage]
     return [*outputs, self.stage_record(stage)]
 
-  def move_aside(self, paths: list[Path]) -> Path | None:
+  def move_aside(self, paths: list[AnyPath]) -> AnyPath | None:
     """Moves the existing `paths` to replaced/<time>/, keeping their place in the layout; returns
     that folder (None when none existed). Nothing is deleted."""
     existing = [p for p in paths if p.exists()]
@@ -171,13 +174,10 @@ class Workdir:
       return None
     aside = self.root / "replaced" / time.strftime("%Y%m%d-%H%M%S")
     for path in existing:
-      target = aside / path.relative_to(self.root)
+      target = aside / str(path.relative_to(self.root))
       target.parent.mkdir(parents=True, exist_ok=True)
-      os.replace(path, target)
+      storage.replace(path, target)
     return aside
-
-  def temp_sibling(self, target: Path) -> Path:
-    return temp_sibling(target)
 
   # One process at a time.
   @contextlib.contextmanager
@@ -187,6 +187,11 @@ class Workdir:
     its note (.lock.json) is found, reported, and replaced. Only the primary process of a
     multi-host job takes it (every host runs the same command in the same workdir)."""
     if not primary:
+      yield
+      return
+    if not storage.is_local(self.root):
+      print(f"note: {self.root} is on cloud storage, where a workdir cannot be locked: run one job "
+            "per workdir")
       yield
       return
     created = not self.root.exists()
@@ -208,17 +213,17 @@ class Workdir:
       note.unlink(missing_ok=True)
       lock.release()
       if created and {p.name for p in self.root.iterdir()} <= {".lock"}:
-        shutil.rmtree(self.root)  # a command that failed its checks leaves nothing behind
+        storage.rmtree(self.root)  # a command that failed its checks leaves nothing behind
 
-  def remove_leftovers(self) -> list[Path]:
+  def remove_leftovers(self) -> list[AnyPath]:
     """Deletes the temporary files and folders of killed runs (call while holding the lock)."""
     if not self.root.is_dir():
       return []
     found = [p for p in self.root.rglob(".*") if any(m in p.name for m in TEMP_MARKERS)]
     removed = []
     for path in sorted(found, key=lambda p: len(p.parts)):
-      if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+      if path.is_dir():
+        storage.rmtree(path)
       elif path.exists():
         path.unlink()
       else:
@@ -227,12 +232,12 @@ class Workdir:
     return removed
 
 
-def temp_sibling(target: Path) -> Path:
+def temp_sibling(target: AnyPath) -> AnyPath:
   """Where to write `target` before renaming it into place: hidden, same folder, this process."""
   return target.parent / f".{target.name}.tmp-{os.getpid()}"
 
 
-def _holder(note: Path) -> str:
+def _holder(note: AnyPath) -> str:
   try:
     h = json.loads(note.read_text())
     return f"pid {h['pid']} on {h['host']} (started {h['started']})"

@@ -6,7 +6,8 @@
 #
 # Every worker clones/installs the project and runs the same command; JAX discovers the pod
 # (jax.distributed.initialize with no arguments) and each host feeds its rows of each batch.
-# WORKDIR must be shared by all workers (a GCS bucket or an NFS path): orbax writes there.
+# WORKDIR must be shared by all workers: a GCS bucket (gs://, read and written through fsspec's
+# gcsfs, installed below; no workdir lock on a bucket: one job per WORKDIR) or an NFS path.
 set -euo pipefail
 CONFIG=${1:?usage: launch/tpu_pod.sh CONFIG MODE [extra --config.KEY=VALUE ...]}
 MODE=${2:-train}
@@ -19,7 +20,7 @@ gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "
   [ -d autodistil_jax ] || git clone -q $REPO autodistil_jax
   cd autodistil_jax && git pull -q
   python3 -m venv .venv && . .venv/bin/activate
-  pip install -q 'jax[tpu]' -e .
+  pip install -q 'jax[tpu]' gcsfs -e .
   python launch/main.py --config=$CONFIG --workdir=$WORKDIR --mode=$MODE \
     --config.data.corpus='${CORPUS:-}' --config.data.glue_dir='${GLUE_DIR:-}' $EXTRA
 "
