@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -196,11 +197,13 @@ def task_features(task: glue.Task, splits: dict[str, glue.Examples], tokenizer, 
   return train, {s: glue.encode(splits[s], tokenizer, seq_len) for s in task.dev_splits}
 
 
-def finetune_models(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, str]:
-  """name -> checkpoint: the teacher first, then every export, then config.glue.models."""
+def finetune_models(config: ml_collections.ConfigDict, wd: Workdir,
+                    extra: Sequence[str] = ()) -> dict[str, str]:
+  """name -> checkpoint: the teacher first, then every export, then config.glue.models and
+  `extra`."""
   models = {"teacher": str(config.teacher)} if config.glue.include_teacher else {}
   models.update({name: str(path) for name, path in wd.exports().items()})
-  for path in config.glue.models:
+  for path in (*config.glue.models, *extra):
     models[Path(path).name] = str(path)
   if not models:
     raise ValueError("nothing to fine-tune: no export in the workdir, config.glue.include_teacher "
@@ -231,17 +234,18 @@ def _reusable(path: Path, inputs: dict) -> str | None:
   return None
 
 
-def run_stage(config: ml_collections.ConfigDict, wd: Workdir) -> Path:
-  """Fine-tunes every model on every task of config.glue.tasks; one results.json per (model,
-  task), reused on a re-run only when its inputs (result_inputs) match and its score is finite
-  (others are moved aside to wd's replaced/ and recomputed), then the summary table."""
-  g = config.glue
+def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[str] | None = None,
+              extra_models: Sequence[str] = ()) -> Path:
+  """Fine-tunes every model (finetune_models) on `tasks` (default config.glue.tasks); one
+  results.json per (model, task), reused on a re-run only when its inputs (result_inputs) match
+  and its score is finite (others are moved aside to wd's replaced/ and recomputed), then the
+  summary table."""
   if not config.data.glue_dir:
     raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root, "
                      "or tfds: for tensorflow-datasets)")
-  tasks = [glue.get_task(t) for t in g.tasks]
+  tasks = [glue.get_task(t) for t in (config.glue.tasks if tasks is None else tasks)]
   mesh = parallel.make_mesh()
-  models = finetune_models(config, wd)
+  models = finetune_models(config, wd, extra_models)
   splits = {t.name: {"train": glue.read_split(t, config.data.glue_dir, "train"),
                      **{s: glue.read_split(t, config.data.glue_dir, s) for s in t.dev_splits}}
             for t in tasks}

@@ -130,15 +130,12 @@ def main(argv):
 
   def finetune_all(models: list[str]) -> None:
     for task in tasks:  # one task at a time over its models: a cut-short run compares like with like
-      one = ml_collections.ConfigDict(config.to_dict())
-      one.glue.tasks, one.glue.models = (task,), tuple(models)
-      timer.run(f"finetune {task}", finetune.run_stage, one, wd)
+      timer.run(f"finetune {task}", finetune.run_stage, config, wd, (task,), models)
 
   finetune_all(claim_models)
   every = build(tuple(baselines.KINDS), archs)
   finetune_all(every)
-  config.glue.models = tuple(every)
-  finetune.write_summary(wd, list(finetune.finetune_models(config, wd)), tasks)
+  finetune.write_summary(wd, list(finetune.finetune_models(config, wd, every)), tasks)
   path = headline_report.write_report(wd, out, config, timer.times, baselines.KINDS, invocation())
   print(f"[headline] report: {path}")
 
