@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.clip_norm = 1.0
   c.train.dropout = 0.1
   c.train.loss = "mse"  # "mse" (paper Eq. 4), "kl" (MiniLMv2), "raw_mse" (the authors' code)
+  # Weight of an H-H relation of the last layer's output beside Q-Q/K-K/V-V (0: the paper's
+  # objective, which gives the last layer's FFN no gradient; distill.distill_loss says why).
+  c.train.hidden_relation_weight = 0.0
   c.train.num_random = 2  # sandwich rule: largest + smallest + this many random students
   c.train.dtype = "float32"  # matmul compute dtype; "bfloat16" on accelerators
   c.train.grad_accum = 1

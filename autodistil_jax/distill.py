@@ -66,11 +66,17 @@ def _num_pairs(valid: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.sum(per_example * per_example), 1.0)
 
 
-def teacher_relations(teacher_out: EncoderOutput, num_heads: int) -> tuple[jax.Array, ...]:
-  """The teacher's Q-Q, K-K, V-V relation logits (computed once per batch)."""
-  width = teacher_out.query.shape[-1]
+def teacher_relations(teacher_out: EncoderOutput, num_heads: int,
+                      hidden: bool = False) -> tuple[jax.Array, ...]:
+  """The teacher's Q-Q, K-K, V-V relation logits (computed once per batch), and with `hidden` the
+  H-H relation of the last layer's output as a fourth."""
+  xs = [teacher_out.query, teacher_out.key, teacher_out.value]
+  widths = [teacher_out.query.shape[-1]] * 3
+  if hidden:
+    xs.append(teacher_out.hidden)
+    widths.append(teacher_out.hidden.shape[-1])
   out = []
-  for x in (teacher_out.query, teacher_out.key, teacher_out.value):
+  for x, width in zip(xs, widths, strict=True):
     split, size = split_relation_heads(x, width, num_heads)
     out.append(relation_logits(split, size))
   return tuple(out)
@@ -78,12 +84,23 @@ def teacher_relations(teacher_out: EncoderOutput, num_heads: int) -> tuple[jax.A
 
 def distill_loss(teacher_logits: tuple[jax.Array, ...], student_out: EncoderOutput,
                  student_qkv_width: jax.Array | int, attention_mask: jax.Array,
-                 kind: LossKind = "mse") -> jax.Array:
-  """Sum over Q-Q, K-K and V-V (weights 1) of the relation loss against the teacher's."""
+                 kind: LossKind = "mse", student_hidden: jax.Array | int | None = None,
+                 hidden_weight: float = 0.0) -> jax.Array:
+  """Sum over Q-Q, K-K and V-V (weights 1) of the relation loss against the teacher's, plus
+  `hidden_weight` times the H-H relation's when the teacher's logits hold it (a fourth).
+
+  The paper's three relations all come from the last layer's input: the last layer's attention
+  output, FFN and LayerNorms (what the final hidden states, and so the sentence embeddings, come
+  out of) get no gradient from them at all (tests/distill_test.py). The H-H term reaches them.
+  """
   num_heads = teacher_logits[0].shape[1]
   total = jnp.zeros((), jnp.float32)
-  for t_logits, x in zip(teacher_logits, (student_out.query, student_out.key, student_out.value),
+  for t_logits, x in zip(teacher_logits[:3], (student_out.query, student_out.key, student_out.value),
                          strict=True):
     split, size = split_relation_heads(x, student_qkv_width, num_heads)
     total = total + relation_loss(t_logits, relation_logits(split, size), attention_mask, kind)
+  if len(teacher_logits) == 4:
+    split, size = split_relation_heads(student_out.hidden, student_hidden, num_heads)
+    total = total + hidden_weight * relation_loss(teacher_logits[3], relation_logits(split, size),
+                                                  attention_mask, kind)
   return total

@@ -13,7 +13,14 @@ import numpy as np
 from autodistil_jax import data, evaluate, export, finetune, glue, hf_io, parallel, records, search
 from autodistil_jax.model import BertEncoder, get_params
 from autodistil_jax.search_space import Arch, SubSpace
-from autodistil_jax.train import DTYPES, check_record, load_superlm, train_superlm, training_summary
+from autodistil_jax.train import (
+  DTYPES,
+  StepConfig,
+  check_record,
+  load_superlm,
+  train_superlm,
+  training_summary,
+)
 from autodistil_jax.workdir import Workdir
 
 STAGES = records.STAGES
@@ -81,6 +88,7 @@ def _superlms(config, wd: Workdir, teacher, mesh, names) -> dict[str, tuple[Bert
 def run_train(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, dict]:
   """Trains the SuperLM of every configured sub-space; returns their parameters by name."""
   teacher = load_teacher(config)
+  StepConfig.from_config(config, teacher)  # bad training settings stop the stage before any work
   inputs = {name: stage_inputs(config, "train", name) for name in subspaces(config)}
   for name, own in inputs.items():  # every sub-space's checkpoints before any work
     check_record(wd, name, own)
@@ -107,12 +115,13 @@ def run_search(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, dict
   batches = data.heldout_batches(tokens, heldout_idx, s.batch_size, teacher.config.pad_token_id)
   batches = [parallel.global_batch_from_full(mesh, b)
              for b in (batches[:s.num_batches] if s.num_batches > 0 else batches)]
-  relations = search.make_teacher_relations(teacher, DTYPES[s.dtype])
+  hidden_weight = float(config.train.hidden_relation_weight)  # the search scores the training objective
+  relations = search.make_teacher_relations(teacher, DTYPES[s.dtype], hidden_weight > 0)
   teacher_params = parallel.replicate(mesh, get_params(teacher))
   rows, timing = search.score_subspaces(
       {n: (m, step, spaces[n].enumerate()) for n, (m, step) in loaded.items()}, teacher,
       [relations(teacher_params, b) for b in batches], batches, lambda p: parallel.replicate(mesh, p),
-      config.train.loss, DTYPES[s.dtype], s.students_per_call, config.data.seq_len)
+      config.train.loss, DTYPES[s.dtype], s.students_per_call, config.data.seq_len, hidden_weight)
   selected = search.select(rows, budgets, {n: m for n, (m, _) in loaded.items()},
                            (s.latency_batch_size, s.latency_seq_len), s.max_latency_trials)
   if jax.process_index() == 0:

@@ -57,25 +57,27 @@ def student_costs(arch: Arch, head_size: int, seq_len: int, vocab: Vocab, pooler
           "paper_flops": paper_flops(arch, seq_len)}
 
 
-def make_teacher_relations(teacher: BertEncoder, dtype=jnp.float32) -> Callable:
+def make_teacher_relations(teacher: BertEncoder, dtype=jnp.float32, hidden: bool = False) -> Callable:
   graphdef = nnx.graphdef(teacher)
 
   @jax.jit
   def relations(params, batch):
     out = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"],
                                       batch["token_type_ids"], dtype=dtype)
-    return distill.teacher_relations(out, teacher.config.heads)
+    return distill.teacher_relations(out, teacher.config.heads, hidden)
   return relations
 
 
-def make_evaluator(superlm: BertEncoder, loss: str = "mse", dtype=jnp.float32) -> Callable:
+def make_evaluator(superlm: BertEncoder, loss: str = "mse", dtype=jnp.float32,
+                   hidden_weight: float = 0.0) -> Callable:
   """(params, teacher_logits, batch, archs [S, 4]) -> the S students' losses, jitted once."""
   graphdef, head_size = nnx.graphdef(superlm), superlm.config.head_size
 
   def one(params, teacher_logits, batch, arch):
     out = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"],
                                       batch["token_type_ids"], arch, dtype=dtype)
-    return distill.distill_loss(teacher_logits, out, arch[3] * head_size, batch["attention_mask"], loss)
+    return distill.distill_loss(teacher_logits, out, arch[3] * head_size, batch["attention_mask"], loss,
+                                arch[1], hidden_weight)
 
   return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
 
@@ -171,7 +173,8 @@ def teacher_costs_and_budgets(teacher: BertEncoder, texts: Sequence[str], seq_le
 
 def score_subspaces(superlms: dict[str, tuple[BertEncoder, int, list[Arch]]], teacher: BertEncoder,
                     teacher_logits: Sequence, batches: Sequence[dict], replicate: Callable, loss: str,
-                    dtype, students_per_call: int, seq_len: int) -> tuple[list[dict], dict]:
+                    dtype, students_per_call: int, seq_len: int,
+                    hidden_weight: float = 0.0) -> tuple[list[dict], dict]:
   """(one row per student with its costs and held-out loss, timing per sub-space) for
   `superlms`: name -> (SuperLM, its training step, its students)."""
   from tqdm import tqdm
@@ -183,7 +186,7 @@ def score_subspaces(superlms: dict[str, tuple[BertEncoder, int, list[Arch]]], te
   bar = tqdm(total=sum(len(a) for _, _, a in superlms.values()), desc="search", unit="student",
              disable=jax.process_index() != 0, dynamic_ncols=True)
   for name, (superlm, step, archs) in superlms.items():
-    evaluator = make_evaluator(superlm, loss, dtype)
+    evaluator = make_evaluator(superlm, loss, dtype, hidden_weight)
     start = time.perf_counter()
     losses = score_students(evaluator, replicate(get_params(superlm)), teacher_logits, batches, archs,
                             students_per_call, bar.update)

@@ -72,6 +72,7 @@ class StepConfig:
   grad_accum: int = 1
   student_batching: str = "scan"  # "scan": one student at a time; "vmap": all at once
   unroll: bool = False  # unroll the loops over layers and students (bigger program)
+  hidden_relation_weight: float = 0.0  # H-H relation of the last layer's output (0: the paper's)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, teacher: BertEncoder) -> StepConfig:
@@ -84,8 +85,10 @@ class StepConfig:
       raise ValueError(f"config.train.student_batching={t.student_batching!r}: 'scan' or 'vmap'")
     if t.grad_accum < 1 or t.batch_size % t.grad_accum:
       raise ValueError(f"config.train.grad_accum={t.grad_accum} must be >= 1 and divide batch_size")
+    if not t.hidden_relation_weight >= 0:
+      raise ValueError(f"config.train.hidden_relation_weight={t.hidden_relation_weight}: must be >= 0")
     return cls(teacher.config.head_size, teacher.config.heads, t.loss, t.dropout, t.dtype,
-               t.grad_accum, t.student_batching, t.unroll)
+               t.grad_accum, t.student_batching, t.unroll, float(t.hidden_relation_weight))
 
 
 def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphDef,
@@ -98,7 +101,7 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
         batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch,
         dropout_rate=sc.dropout, dropout_rng=rng, dtype=dtype, unroll=sc.unroll)
     return distill.distill_loss(teacher_logits, out, arch[3] * sc.head_size,
-                                batch["attention_mask"], sc.loss)
+                                batch["attention_mask"], sc.loss, arch[1], sc.hidden_relation_weight)
 
   def nonfinite(loss, grads):
     """1 where a student's loss or any of its gradients is NaN/inf, else 0."""
@@ -110,7 +113,8 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
     teacher = nnx.merge(teacher_graphdef, teacher_params)
     t_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dtype=dtype,
                     unroll=sc.unroll)
-    t_logits = jax.lax.stop_gradient(distill.teacher_relations(t_out, sc.relation_heads))
+    t_logits = jax.lax.stop_gradient(distill.teacher_relations(t_out, sc.relation_heads,
+                                                               sc.hidden_relation_weight > 0))
     keys = jax.random.split(rng, archs.shape[0])
     grad_fn = jax.value_and_grad(student_loss)
     if sc.student_batching == "vmap":
@@ -316,13 +320,13 @@ def train_superlm(config: ml_collections.ConfigDict, wd: Workdir | str | Path, n
   saves a checkpoint and raises Preempted; too many non-finite steps in a row raise Diverged.
   """
   wd = Workdir.of(wd)
-  check_record(wd, name, inputs or records.stage_inputs(config, "train", subspace=name), start=True)
   t = config.train
   space = SubSpace.from_config(name, config.subspaces[name])
-  sc = StepConfig.from_config(config, teacher)
+  sc = StepConfig.from_config(config, teacher)  # settings checked before anything is written
+  parallel.check_batch_size(t.batch_size, mesh)
+  check_record(wd, name, inputs or records.stage_inputs(config, "train", subspace=name), start=True)
   graphdef, optimizer, state = _initial_state(config, teacher, space, mesh)
   teacher_params = parallel.replicate(mesh, get_params(teacher))
-  parallel.check_batch_size(t.batch_size, mesh)
   iterator = data.make_iterator(data.train_dataset(
       tokens, train_indices, t.batch_size, config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), pad_id=teacher.config.pad_token_id))

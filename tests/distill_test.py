@@ -84,3 +84,33 @@ def test_unknown_loss_kind_is_an_error():
   t = jnp.zeros((1, 2, 3, 3))
   with pytest.raises(ValueError, match="unknown distillation loss 'l1'"):
     distill.relation_loss(t, t, jnp.ones((1, 3)), "l1")
+
+
+def test_the_papers_relations_leave_the_last_layers_output_untrained_and_the_hidden_term_reaches_it(
+    teacher, superlm):
+  """Q/K/V of the last layer come from its input: its attention output, FFN and LayerNorms, out of
+  which the final hidden states (and sentence embeddings) come, get exactly no gradient."""
+  from flax import nnx
+
+  sup, _ = superlm
+  ids, mask = _batch(teacher.config.vocab_size)
+  arch = S.Arch(6, 96, 2.0, 10)  # its last layer is the teacher's layer 5
+  last = sup.config.layer_lookup()[S.layer_map(5, 6, sup.config.depth)]
+  graphdef, params = nnx.graphdef(sup), M.get_params(sup)
+
+  def grads(weight):
+    t_logits = distill.teacher_relations(teacher(ids, mask), 12, hidden=weight > 0)
+    def loss(p):
+      out = nnx.merge(graphdef, p)(ids, mask, arch=jnp.asarray(arch.as_array()))
+      return distill.distill_loss(t_logits, out, arch.qkv_width(32), mask, "mse", arch.hidden, weight)
+    return jax.grad(loss)(params)["layers"]
+  output_side = ("attn_out_kernel", "attn_ln_scale", "ffn_in_kernel", "ffn_out_kernel", "ffn_ln_scale")
+  paper, with_hidden = grads(0.0), grads(1.0)
+  for name in output_side:
+    assert not jnp.any(paper[name][last]), name
+    assert float(jnp.abs(with_hidden[name][last]).sum()) > 0, name
+  # The student equal to the teacher still has zero loss with the hidden term.
+  full = S.Arch(6, 384, 4.0, 12)
+  t_logits = distill.teacher_relations(teacher(ids, mask), 12, hidden=True)
+  out = sup(ids, mask, arch=full.as_array())
+  assert float(distill.distill_loss(t_logits, out, full.qkv_width(32), mask, "mse", 384, 1.0)) < 1e-9

@@ -88,6 +88,7 @@ def test_train_search_export(data_dir, tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("--config.train.batch_sise=4", "batch_sise"),
     ("--config.data.seq_len=1024", "exceeds the teacher's max_position_embeddings"),
+    ("--config.train.hidden_relation_weight=-1.0", "hidden_relation_weight=-1.0: must be >= 0"),
 ])
 def test_bad_configs_fail_with_one_line(data_dir, tmp_path, override, message):
   result = _main(tmp_path, "train", str(data_dir / "wikitext-2" / "valid.txt"), override)
