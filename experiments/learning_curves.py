@@ -1,0 +1,146 @@
+"""Issue 15, parts 1-2: as a SuperLM trains, do its students get better than their initialisation
+(the same student sliced from the teacher), and under which objective?
+
+  python experiments/learning_curves.py --workdir=runs/curves --data_dir=../shared/data \
+      --out=docs/learning_curves --steps=20,80 --variants=paper,hidden1
+
+Per variant (an objective: config overrides of the demo config, VARIANTS), the demo Base SuperLM
+is trained on WikiText-2 (resumable, its own workdir under --workdir) to the last of --steps, and
+at each of --steps the evaluation suite scores fixed students inside it: the largest, the
+smallest and the one nearest half the teacher's FLOPs. Their sliced twins are scored once (step
+0). One JSON per (variant, step) under --out, each written when it is done; a re-run skips them;
+results.md is rewritten after each.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shlex
+import sys
+import time
+
+import ml_collections
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the SuperLMs of the variants are trained.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/ and wikitext-2/.")
+_OUT = flags.DEFINE_string("out", None, "Folder for the cells (JSON) and results.md.")
+_STEPS = flags.DEFINE_list("steps", ["20", "80"], "Training steps at which the students are scored.")
+_VARIANTS = flags.DEFINE_list("variants", ["paper", "hidden1"], "Objectives to compare (VARIANTS).")
+flags.mark_flags_as_required(["workdir", "data_dir", "out"])
+
+# An objective: overrides of the demo config's training settings.
+VARIANTS = {
+    "paper": {},  # Q-Q, K-K, V-V relations of the last layer, MSE (docs/paper.md §3)
+    "hidden1": {"hidden_relation_weight": 1.0},  # + the H-H relation of the last layer's output
+    "kl": {"loss": "kl"},  # MiniLMv2's KL instead of the MSE
+    "lr4e-5": {"learning_rate": 4e-5},  # the paper's peak learning rate instead of the demo's 2e-4
+}
+
+
+def variant_config(name: str, data_dir: pathlib.Path, steps: int) -> ml_collections.ConfigDict:
+  from autodistil_jax.defaults import demo_config
+
+  config = demo_config()
+  config.subspaces = ml_collections.ConfigDict({"base": config.subspaces.base.to_dict()})
+  config.data.corpus = f"{data_dir}/wikitext-2/*.txt"
+  config.data.glue_dir = str(data_dir / "glue")
+  config.train.num_steps = steps
+  config.train.update(VARIANTS[name])
+  return config
+
+
+def fixed_students(config, teacher) -> dict[str, object]:
+  from autodistil_jax.search_space import SubSpace, exact_flops
+
+  space = SubSpace.from_config("base", config.subspaces.base)
+  c = teacher.config
+  flops = lambda a: exact_flops(a, config.data.seq_len, c.head_size, c.pooler)
+  half = min(space.enumerate(), key=lambda a: abs(flops(a) / flops(c.full_arch()) - 0.5))
+  return {"largest": space.largest, "half FLOPs": half, "smallest": space.smallest}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from autodistil_jax import data, evaluate, hf_io, measures, parallel, pipeline
+  from autodistil_jax.model import extract_student
+  from autodistil_jax.train import load_superlm, train_superlm
+  from autodistil_jax.workdir import Workdir
+
+  data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
+  out = pathlib.Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  steps = sorted(int(s) for s in _STEPS.value)
+  if bad := [v for v in _VARIANTS.value if v not in VARIANTS]:
+    raise app.UsageError(f"unknown variants {bad}: choose from {list(VARIANTS)}")
+  base = variant_config("paper", data_dir, steps[-1])
+  teacher = hf_io.load_bert(base.teacher)
+  teacher_dir = hf_io.resolve_checkpoint(base.teacher)
+  settings = evaluate.SuiteSettings.from_config(base, measures.read_pooling(teacher_dir))
+  texts = evaluate.read_texts(settings, base.data.glue_dir)
+  mesh = parallel.make_mesh()
+  students = fixed_students(base, teacher)
+  suite = None
+
+  def scored(path: pathlib.Path, subjects) -> None:
+    nonlocal suite
+    if path.is_file():
+      return
+    if suite is None:  # built once, on the first cell to run
+      tokens, _, held = pipeline.load_split_corpus(base, Workdir.at(pathlib.Path(_WORKDIR.value) / "paper"))
+      heldout = data.heldout_batches(tokens, held, base.search.batch_size, teacher.config.pad_token_id)
+      suite = evaluate.build_suite(settings, texts, data.load_tokenizer(teacher_dir), teacher, heldout)
+    start = time.perf_counter()
+    rows = evaluate.run_suite(subjects, suite)
+    path.write_text(json.dumps({"rows": rows, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
+    (out / "results.md").write_text(report(out, students, steps))
+    print(f"[curves] {path.name}: " + ", ".join(f"{r['model']} STS-B {r['sts_spearman']:.1f}" for r in rows))
+
+  scored(out / "sliced-0.json", [evaluate.Subject(f"sliced {k}", "sliced", extract_student(teacher, a))
+                                 for k, a in students.items()])
+  for variant in _VARIANTS.value:
+    config = variant_config(variant, data_dir, steps[-1])
+    wd = Workdir.at(pathlib.Path(_WORKDIR.value) / variant)
+    inputs = pipeline.stage_inputs(config, "train", "base")
+    for step in steps:
+      path = out / f"{variant}-{step}.json"
+      if path.is_file():
+        continue
+      tokens, train_idx, _ = pipeline.load_split_corpus(config, wd)
+      t0 = time.perf_counter()
+      train_superlm(config, wd, "base", teacher, tokens, train_idx, mesh, stop_after=step, inputs=inputs)
+      print(f"[curves] {variant}: trained to step {step} ({time.perf_counter() - t0:.0f} s)")
+      superlm = load_superlm(config, wd, "base", teacher, mesh)[0]
+      scored(path, [evaluate.Subject(variant, "searched", superlm, list(students.values()),
+                                     [f"{variant} {k}" for k in students])])
+  (out / "results.md").write_text(report(out, students, steps))
+  print(f"[curves] {out / 'results.md'}")
+
+
+def report(out: pathlib.Path, students: dict, steps: list[int]) -> str:
+  """Per student and measure: sliced, then each variant at each step (cells run so far)."""
+  cells = {p.stem: json.loads(p.read_text())["rows"] for p in sorted(out.glob("*.json"))}
+  names = {"relation": "held-out relation loss (the paper's objective) ↓", "cka": "CKA to the teacher",
+           "sts_spearman": "zero-shot STS-B ρ", "probe_sst2": "SST-2 probe accuracy"}
+  columns = [("sliced", 0)] + [(v, s) for v in VARIANTS for s in steps if f"{v}-{s}" in cells]
+  lines = ["# Learning curves: students of the demo Base SuperLM against their sliced initialisation",
+           "", "Command (resumes; cells run so far):", "", "```",
+           shlex.join(["python", "experiments/learning_curves.py", *sys.argv[1:]]), "```", ""]
+  for key, label in names.items():
+    lines += [f"## {label}", "", "| student | arch | " + " | ".join(
+        "sliced" if v == "sliced" else f"{v} @{s}" for v, s in columns) + " |",
+              "|---" * (len(columns) + 2) + "|"]
+    for i, (kind, arch) in enumerate(students.items()):
+      values = [cells[f"{v}-{s}"][i].get(key, float("nan")) for v, s in columns]
+      fmt = "{:.5f}" if key == "relation" else "{:.3f}" if key == "cka" else "{:.1f}"
+      lines.append(f"| {kind} | {arch.name} | " + " | ".join(fmt.format(x) for x in values) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  app.run(main)
