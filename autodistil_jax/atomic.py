@@ -7,11 +7,12 @@ import os
 
 from autodistil_jax import storage
 from autodistil_jax.storage import AnyPath
+from autodistil_jax.workdir import temp_sibling
 
 
 def temp_dir_for(target: AnyPath) -> AnyPath:
   """A fresh hidden sibling of `target` to write into (same filesystem, so rename is atomic)."""
-  tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+  tmp = temp_sibling(target)
   storage.rmtree(tmp)
   tmp.mkdir(parents=True)
   return tmp

@@ -8,8 +8,8 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from autodistil_jax import atomic, storage
-from autodistil_jax.workdir import SUITE_FILES, temp_sibling
+from autodistil_jax import atomic
+from autodistil_jax.workdir import SUITE_FILES, write_text_atomic
 
 # Columns of the Markdown table: (row key, header, format). Higher is better but for relation.
 COLUMNS = (("params", "params", lambda v: f"{v / 1e6:.2f}M"), ("gflops", "GFLOPs", "{:.3f}".format),
@@ -33,12 +33,6 @@ def markdown_table(rows: Sequence[dict]) -> str:
     cells += [f"{r[f'probe_{t}']:.1f}" for t in tasks] + ([f"{r['probe_avg']:.1f}"] if tasks else [])
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-  tmp = temp_sibling(path)
-  tmp.write_text(text, encoding="utf-8")
-  storage.replace(tmp, path)
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
@@ -98,7 +92,7 @@ def update_card(export_dir: Path, row: dict, others: Sequence[dict]) -> None:
     text = before + section + rest.split(CARD_END, 1)[1].lstrip("\n")
   else:
     text = text.rstrip("\n") + "\n\n" + section
-  _write_atomic(card, text)
+  write_text_atomic(card, text)
 
 
 def write_report(out: Path, rows: Sequence[dict], export_dirs: dict[str, Path]) -> Path:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from autodistil_jax import data, glue, hf_io, parallel, records, storage
 from autodistil_jax.model import BertEncoder, EncoderConfig, count_params, get_params
 from autodistil_jax.search_space import exact_flops
-from autodistil_jax.workdir import Workdir, temp_sibling
+from autodistil_jax.workdir import Workdir, write_text_atomic
 
 
 def init_head(hidden: int, num_labels: int, seed: int) -> dict:
@@ -267,10 +267,7 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
         if not np.isfinite(result["score_mean"]):
           print(f"warning: {model_name} {task.name} scored {result['score_mean']} (not finite); "
                 "saved, and recomputed on the next run")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(out)
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        storage.replace(tmp, out)
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
         print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
               f"(+-{100 * result['score_std']:.1f}, lr {result['best_lr']:g})")
   return write_summary(wd, list(models), [t.name for t in tasks])

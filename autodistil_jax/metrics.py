@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 
 from autodistil_jax import storage
-from autodistil_jax.workdir import Workdir, temp_sibling
+from autodistil_jax.workdir import Workdir, write_text_atomic
 
 
 class MetricsWriter:
@@ -75,9 +75,7 @@ def _drop_records_after(path: Path, run: str, step: int) -> None:
   lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
   kept = [line for line in lines if line.strip() and _keep(line, run, step)]
   if len(kept) != len(lines):
-    tmp = temp_sibling(path)
-    tmp.write_text("".join(kept), encoding="utf-8")
-    storage.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))
 
 
 def _keep(line: str, run: str, step: int) -> bool:

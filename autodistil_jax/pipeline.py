@@ -109,9 +109,9 @@ def run_search(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, dict
   teacher_costs, budgets = search.teacher_costs_and_budgets(
       teacher, s.budgets, config.data.seq_len, (s.latency_batch_size, s.latency_seq_len))
   spaces = subspaces(config)
-  loaded = _superlms(config, wd, teacher, parallel.make_mesh(), spaces)
-  tokens, _, heldout_idx = load_split_corpus(config, wd)
   mesh = parallel.make_mesh()
+  loaded = _superlms(config, wd, teacher, mesh, spaces)
+  tokens, _, heldout_idx = load_split_corpus(config, wd)
   batches = data.heldout_batches(tokens, heldout_idx, s.batch_size, teacher.config.pad_token_id)
   batches = [parallel.global_batch_from_full(mesh, b)
              for b in (batches[:s.num_batches] if s.num_batches > 0 else batches)]

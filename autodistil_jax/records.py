@@ -18,8 +18,8 @@ from typing import Any
 
 import ml_collections
 
-from autodistil_jax import storage
 from autodistil_jax.storage import AnyPath
+from autodistil_jax.workdir import write_text_atomic
 
 STAGES = ("train", "search", "export", "evaluate", "finetune")
 
@@ -134,11 +134,7 @@ def read(path: AnyPath) -> dict | None:
 
 def write(path: AnyPath, inputs: dict[str, Any], **extra: Any) -> None:
   """Writes a record atomically (temporary file, then rename)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(json.dumps({"inputs": inputs, **extra}, indent=1, sort_keys=True) + "\n",
-                 encoding="utf-8")
-  storage.replace(tmp, path)
+  write_text_atomic(path, json.dumps({"inputs": inputs, **extra}, indent=1, sort_keys=True) + "\n")
 
 
 def check(path: AnyPath, inputs: dict[str, Any], what: str, way_on: str) -> bool:

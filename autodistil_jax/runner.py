@@ -62,12 +62,10 @@ def _run_stages(config, wd: Workdir, stages: tuple[str, ...], skip_finished: boo
   result, start = None, time.perf_counter()
   for stage in stages:
     label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}"
-    # Fine-tuning re-runs when its settings changed: each result carries its own inputs, and
-    # only those that match are reused (finetune.run_stage).
-    if skip_finished and stage != "finetune" and _check_stage(config, wd, stage):
-      print(f"{label}: done before with these settings, skipped")
-      continue
-    if skip_finished and stage == "finetune" and _matches(config, wd, stage):
+    # Fine-tuning re-runs when its settings changed (no refusal): each result carries its own
+    # inputs, and only those that match are reused (finetune.run_stage).
+    finished = _matches if stage == "finetune" else _check_stage
+    if skip_finished and finished(config, wd, stage):
       print(f"{label}: done before with these settings, skipped")
       continue
     print(f"{label} ...")

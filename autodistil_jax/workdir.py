@@ -237,6 +237,15 @@ def temp_sibling(target: AnyPath) -> AnyPath:
   return target.parent / f".{target.name}.tmp-{os.getpid()}"
 
 
+def write_text_atomic(target: AnyPath, text: str) -> None:
+  """Writes `target` whole or not at all: into temp_sibling, then renamed over it (its folder is
+  created if needed)."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = temp_sibling(target)
+  tmp.write_text(text, encoding="utf-8")
+  storage.replace(tmp, target)
+
+
 def _holder(note: AnyPath) -> str:
   try:
     h = json.loads(note.read_text())

@@ -58,7 +58,7 @@ class Timer:
 def write_glue_sentences(data_dir: pathlib.Path, tasks: list[str], target: pathlib.Path) -> pathlib.Path:
   """The unlabeled sentences of the GLUE training sets, one per line (labels are not read)."""
   from autodistil_jax import glue
-  from autodistil_jax.workdir import temp_sibling
+  from autodistil_jax.workdir import write_text_atomic
 
   if target.is_file():
     return target
@@ -66,10 +66,7 @@ def write_glue_sentences(data_dir: pathlib.Path, tasks: list[str], target: pathl
   for name in tasks:
     for row in glue.read_split(glue.get_task(name), data_dir / "glue", "train").texts:
       seen.update(dict.fromkeys(t.strip() for t in row if t.strip()))
-  target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = temp_sibling(target)
-  tmp.write_text("\n".join(seen) + "\n", encoding="utf-8")
-  tmp.replace(target)
+  write_text_atomic(target, "\n".join(seen) + "\n")
   print(f"[headline] transfer set: {len(seen)} GLUE training sentences -> {target}")
   return target
 
