@@ -59,6 +59,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.latency_batch_size = 1  # for latency_ms budgets: measured on the current device
   c.search.latency_seq_len = 128
   c.search.max_latency_trials = 50
+  # Which score selected.json picks by: "agnostic" (least held-out distillation loss, the paper's
+  # task-agnostic search) or "proxy" (best dev score after brief fine-tuning; needs proxy.enabled).
+  c.search.selection = "agnostic"
+  # Task-proxy search (proxy.py): every student fine-tuned from its SuperLM on a GLUE task, side by
+  # side in one compiled program per sub-space, and scored on its dev set.
+  c.search.proxy = ml_collections.ConfigDict()
+  c.search.proxy.enabled = False
+  c.search.proxy.task = ""  # "": the largest classification task under data.glue_dir (MNLI if there)
+  c.search.proxy.steps = 300  # fine-tuning steps per student (the same batches for every student)
+  c.search.proxy.learning_rate = 1e-4
+  c.search.proxy.batch_size = 32
+  c.search.proxy.eval_batch_size = 128
+  c.search.proxy.warmup_ratio = 0.1
+  c.search.proxy.seq_len = 128
+  c.search.proxy.pad_multiple = 16
+  c.search.proxy.dropout = 0.1
+  c.search.proxy.attention_dropout = 0.1
+  c.search.proxy.dev_examples = 0  # 0: the whole first dev split; else a seeded subset
+  c.search.proxy.students = 0  # 0: every student of each sub-space; N: a seeded sample of N (CPU runs)
+  c.search.proxy.students_per_call = 0  # fine-tuned side by side; 0: as many as fit in memory
 
   c.export = ml_collections.ConfigDict()
   c.export.subspace = ""  # with arch: export this student instead of the selected ones

@@ -58,6 +58,42 @@ def make_optimizer() -> optax.GradientTransformation:
                                                weight_decay=0.0)
 
 
+def step_functions(graphdef, task: glue.Task, dropout: float, attention_dropout: float,
+                   optimizer: optax.GradientTransformation, dtype=jnp.float32):
+  """Un-jitted (train_step, predict) of an encoder + a head on the pooled [CLS]. `arch` (None: the
+  encoder at full size) runs one student of a SuperLM, so the proxy search (proxy.py) vmaps the
+  very step that fine-tunes an exported student."""
+
+  def logits_fn(params, batch, rng, arch):
+    out = nnx.merge(graphdef, params["encoder"])(
+        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch,
+        dropout_rate=dropout, dropout_rng=rng, attention_dropout_rate=attention_dropout, dtype=dtype)
+    pooled = out.pooled if out.pooled is not None else out.hidden[:, 0]
+    if rng is not None:
+      pooled = jnp.where(jax.random.bernoulli(jax.random.fold_in(rng, 1), 1 - dropout, pooled.shape),
+                         pooled / (1 - dropout), 0.0)
+    return pooled @ params["head"]["kernel"] + params["head"]["bias"]
+
+  def loss_fn(params, batch, rng, arch):
+    logits = logits_fn(params, batch, rng, arch)
+    if task.is_regression:
+      return jnp.mean(jnp.square(logits[:, 0] - batch["labels"]))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]))
+
+  def train_step(params, opt_state, batch, rng, schedule, arch=None):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch, rng, arch)
+    lr = learning_rate_at(opt_state.count, *schedule)  # schedule: (peak, warmup, total steps)
+    opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  def predict(params, batch, arch=None):
+    logits = logits_fn(params, batch, None, arch)
+    return logits[:, 0] if task.is_regression else jnp.argmax(logits, -1)
+
+  return train_step, predict
+
+
 @functools.lru_cache(maxsize=64)
 def make_functions(encoder_config: EncoderConfig, task: glue.Task, dropout: float, attention_dropout: float,
                    mesh: jax.sharding.Mesh, dtype=jnp.float32):
@@ -67,34 +103,7 @@ def make_functions(encoder_config: EncoderConfig, task: glue.Task, dropout: floa
   searched student and its baselines), reuses one compilation per input shape."""
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: BertEncoder(encoder_config, rngs=nnx.Rngs(0))))
   optimizer = make_optimizer()
-
-  def logits_fn(params, batch, rng):
-    out = nnx.merge(graphdef, params["encoder"])(
-        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-        dropout_rate=dropout, dropout_rng=rng, attention_dropout_rate=attention_dropout, dtype=dtype)
-    pooled = out.pooled if out.pooled is not None else out.hidden[:, 0]
-    if rng is not None:
-      pooled = jnp.where(jax.random.bernoulli(jax.random.fold_in(rng, 1), 1 - dropout, pooled.shape),
-                         pooled / (1 - dropout), 0.0)
-    return pooled @ params["head"]["kernel"] + params["head"]["bias"]
-
-  def loss_fn(params, batch, rng):
-    logits = logits_fn(params, batch, rng)
-    if task.is_regression:
-      return jnp.mean(jnp.square(logits[:, 0] - batch["labels"]))
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]))
-
-  def train_step(params, opt_state, batch, rng, schedule):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch, rng)
-    lr = learning_rate_at(opt_state.count, *schedule)  # schedule: (peak, warmup, total steps)
-    opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  def predict(params, batch):
-    logits = logits_fn(params, batch, None)
-    return logits[:, 0] if task.is_regression else jnp.argmax(logits, -1)
-
+  train_step, predict = step_functions(graphdef, task, dropout, attention_dropout, optimizer, dtype)
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   train_step = jax.jit(train_step, in_shardings=(rep, rep, data, rep, rep),
                        out_shardings=(rep, rep, rep), donate_argnums=(0, 1))

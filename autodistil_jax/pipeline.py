@@ -10,7 +10,19 @@ import jax
 import ml_collections
 import numpy as np
 
-from autodistil_jax import data, evaluate, export, finetune, glue, hf_io, parallel, records, search
+from autodistil_jax import (
+  data,
+  evaluate,
+  export,
+  finetune,
+  glue,
+  hf_io,
+  parallel,
+  proxy,
+  records,
+  search,
+  search_report,
+)
 from autodistil_jax.model import BertEncoder, get_params
 from autodistil_jax.search_space import Arch, SubSpace
 from autodistil_jax.train import (
@@ -60,6 +72,8 @@ def stage_inputs(config: ml_collections.ConfigDict, stage: str, subspace: str | 
   identity = lambda names: glue.identity([glue.get_task(t) for t in names], glue_dir)
   if STAGES.index(stage) >= STAGES.index("evaluate") and glue_dir:
     files["evaluate"] = {"glue_evaluate": identity(("stsb", *config.evaluate.probe_tasks))}
+  if STAGES.index(stage) >= STAGES.index("search") and glue_dir and config.search.proxy.enabled:
+    files["search"] = {"glue_proxy": identity((config.search.proxy.task or proxy.default_task(glue_dir),))}
   if stage == "finetune" and glue_dir:
     files["finetune"] = {"glue_finetune": identity(config.glue.tasks)}
   return records.stage_inputs(config, stage, files, subspace)
@@ -102,14 +116,18 @@ def run_train(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, dict]
 
 
 def run_search(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, dict]:
-  """Scores every student of every trained SuperLM; writes wd.search_dir and returns the selected
-  student per budget."""
+  """Scores every student of every trained SuperLM (held-out loss; with config.search.proxy.enabled
+  also the proxy task's dev score); writes wd.search_dir and returns the selected student per
+  budget."""
   s = config.search
+  selection = search.check_selection(s.selection, s.proxy.enabled)
   teacher = load_teacher(config)
   teacher_costs, budgets = search.teacher_costs_and_budgets(
       teacher, s.budgets, config.data.seq_len, (s.latency_batch_size, s.latency_seq_len))
   spaces = subspaces(config)
   mesh = parallel.make_mesh()
+  # Bad proxy settings, task files or a chunk that would not fit stop the search here, before work.
+  proxy_task = _read_proxy_task(config, teacher, spaces, mesh) if s.proxy.enabled else None
   loaded = _superlms(config, wd, teacher, mesh, spaces)
   tokens, _, heldout_idx = load_split_corpus(config, wd)
   batches = data.heldout_batches(tokens, heldout_idx, s.batch_size, teacher.config.pad_token_id)
@@ -122,12 +140,42 @@ def run_search(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, dict
       {n: (m, step, spaces[n].enumerate()) for n, (m, step) in loaded.items()}, teacher,
       [relations(teacher_params, b) for b in batches], batches, lambda p: parallel.replicate(mesh, p),
       config.train.loss, DTYPES[s.dtype], s.students_per_call, config.data.seq_len, hidden_weight)
+  summary = _proxy_search(config, wd, loaded, rows, proxy_task, mesh) if proxy_task else None
   selected = search.select(rows, budgets, {n: m for n, (m, _) in loaded.items()},
-                           (s.latency_batch_size, s.latency_seq_len), s.max_latency_trials)
+                           (s.latency_batch_size, s.latency_seq_len), s.max_latency_trials, selection)
   if jax.process_index() == 0:
-    print(search.write_outputs(wd.search_dir, rows, selected, budgets,
-                               {"name": config.teacher, **teacher_costs}, timing))
+    print(search_report.write_outputs(wd.search_dir, rows, selected, budgets,
+                                      {"name": config.teacher, **teacher_costs}, timing, selection, summary))
   return selected
+
+
+def _read_proxy_task(config: ml_collections.ConfigDict, teacher: BertEncoder, spaces, mesh):
+  """(settings, train features, dev features, students per call by sub-space) of the proxy search,
+  read and checked."""
+  settings = proxy.ProxySettings.from_config(config)
+  sampled = {n: len(proxy.sample_students(s.enumerate(), settings.students, 0)) for n, s in spaces.items()}
+  chunks = {n: proxy.students_per_call(settings, teacher.config.for_subspace(space), sampled[n], mesh)
+            for n, space in spaces.items()}
+  tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(config.teacher))
+  return (settings, *proxy.read_task(settings, config.data.glue_dir, tokenizer), chunks)
+
+
+def _proxy_search(config, wd: Workdir, loaded, rows: list[dict], task, mesh) -> dict:
+  """Runs the proxy search on the students of `rows` (a seeded sample per sub-space when
+  config.search.proxy.students is set), writes their scores into the rows; returns its summary."""
+  settings, train, dev, chunks = task
+  students = {n: proxy.sample_students([Arch.from_row(r) for r in rows if r["subspace"] == n],
+                                       settings.students, settings.seed) for n in loaded}
+  superlms = {n: (m, proxy.superlm_identity(stage_inputs(config, "train", n), step), students[n])
+              for n, (m, step) in loaded.items()}
+  scores, timing = proxy.search(settings, superlms, train, dev, chunks, mesh, wd.proxy_scores)
+  for row in rows:
+    if row["name"] in scores[row["subspace"]]:
+      row["proxy_score"] = scores[row["subspace"]][row["name"]]["proxy_score"]
+  scored = [r for r in rows if "proxy_score" in r]
+  tau = {n: proxy.kendall_tau([r for r in scored if r["subspace"] == n]) for n in loaded}
+  return {"task": settings.task.name, "students": len(scored), "timing": timing,
+          "kendall_tau": {**tau, "all": proxy.kendall_tau(scored)}, "settings": settings.inputs()}
 
 
 def run_export(config: ml_collections.ConfigDict, wd: Workdir) -> list:

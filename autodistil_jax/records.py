@@ -35,6 +35,7 @@ _OWN_KEYS = {
 # Keys that change how a run goes but not what it produces: never a reason to redo a stage.
 _IGNORED = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
             "train.max_nonfinite_steps", "search.students_per_call", "search.max_latency_trials",
+            "search.proxy.students_per_call",
             "evaluate.students_per_call", "glue.eval_batch_size", "glue.include_teacher")
 # Files larger than this are identified by size and modification time instead of their bytes.
 _HASH_LIMIT = 512 * 2**20
@@ -97,6 +98,8 @@ def stage_inputs(config: ml_collections.ConfigDict, stage: str,
   files' identities (`file_inputs`: stage -> {name: identity}, keyed "input:<name>"). With
   `subspace`, the other sub-spaces are left out (one SuperLM does not depend on them)."""
   flat = flatten(config)
+  if not flat.get("search.proxy.enabled", False):  # settings of a search not run change nothing
+    flat = {k: v for k, v in flat.items() if not k.startswith("search.proxy.") or k.endswith(".enabled")}
   if subspace is not None:
     flat = {k: v for k, v in flat.items()
             if not k.startswith("subspaces.") or k.startswith(f"subspaces.{subspace}.")}

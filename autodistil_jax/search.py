@@ -98,13 +98,32 @@ def score_students(evaluator: Callable, params, teacher_logits: Sequence, batche
   return np.concatenate(totals)
 
 
-def pareto_front(rows: Sequence[dict], cost: str = "flops") -> list[dict]:
-  """Rows not dominated in (cost, loss): each is cheaper than every row of lower loss."""
-  front, best = [], float("inf")
-  for row in sorted(rows, key=lambda r: (r[cost], r["loss"])):
-    if row["loss"] < best:
+CRITERIA = {"agnostic": "loss", "proxy": "proxy_score"}
+
+
+def check_selection(selection: str, proxy_enabled: bool) -> str:
+  """config.search.selection, refused when it names no criterion or one that will not be run."""
+  if selection not in CRITERIA:
+    raise ValueError(f"config.search.selection={selection!r} must be one of {sorted(CRITERIA)}")
+  if selection == "proxy" and not proxy_enabled:
+    raise ValueError("config.search.selection='proxy' needs the proxy search: pass "
+                     "--config.search.proxy.enabled=True")
+  return selection
+
+
+def quality(row: dict, selection: str = "agnostic") -> float:
+  """Higher is better: minus the held-out loss, or the proxy task's dev score."""
+  return -row["loss"] if selection == "agnostic" else row["proxy_score"]
+
+
+def pareto_front(rows: Sequence[dict], cost: str = "flops", selection: str = "agnostic") -> list[dict]:
+  """Rows not dominated in (cost, quality): each is cheaper than every row of better quality."""
+  front, best = [], -float("inf")
+  rows = [r for r in rows if np.isfinite(quality(r, selection))]
+  for row in sorted(rows, key=lambda r: (r[cost], -quality(r, selection))):
+    if quality(row, selection) > best:
       front.append(row)
-      best = row["loss"]
+      best = quality(row, selection)
   return front
 
 
@@ -123,18 +142,24 @@ def measure_latency_ms(model: BertEncoder, batch_size: int, seq_len: int, repeat
 
 
 def select(rows: list[dict], budgets: Sequence[Budget], superlms: dict[str, BertEncoder] | None = None,
-           latency: tuple[int, int] = (1, 128), max_latency_trials: int = 50) -> dict[str, dict]:
-  """The least-loss student under each budget, across all sub-spaces.
+           latency: tuple[int, int] = (1, 128), max_latency_trials: int = 50,
+           selection: str = "agnostic") -> dict[str, dict]:
+  """The best student under each budget across all sub-spaces: least held-out loss, or best proxy
+  score (`selection`).
 
-  A latency budget measures extracted students in order of loss until one fits (at most
+  A latency budget measures extracted students from the best down until one fits (at most
   `max_latency_trials`); measured latencies are written into their rows.
   """
+  better = lambda r: (quality(r, selection), -r["loss"])  # proxy ties go to the lower loss
+  rows = [r for r in rows if np.isfinite(quality(r, selection))]  # a diverged student is never selected
+  if not rows:
+    raise ValueError(f"no student has a finite {CRITERIA[selection]}: nothing can be selected")
   chosen = {}
   for budget in budgets:
     if budget.metric == "latency_ms":
       if superlms is None:
         raise ValueError("a latency budget needs the SuperLMs to measure students")
-      for row in sorted(rows, key=lambda r: r["loss"])[:max_latency_trials]:
+      for row in sorted(rows, key=better, reverse=True)[:max_latency_trials]:
         if "latency_ms" not in row:
           arch = Arch.from_row(row)
           row["latency_ms"] = measure_latency_ms(extract_student(superlms[row["subspace"]], arch), *latency)
@@ -143,7 +168,7 @@ def select(rows: list[dict], budgets: Sequence[Budget], superlms: dict[str, Bert
           break
       else:
         measured = [r["latency_ms"] for r in rows if "latency_ms" in r]
-        raise ValueError(f"budget {budget.text!r}: none of the {len(measured)} lowest-loss students "
+        raise ValueError(f"budget {budget.text!r}: none of the {len(measured)} best students "
                          f"fits (fastest measured {min(measured):.3g} ms); relax the budget")
       continue
     fitting = [r for r in rows if budget.allows(r)]
@@ -152,7 +177,7 @@ def select(rows: list[dict], budgets: Sequence[Budget], superlms: dict[str, Bert
       raise ValueError(f"budget {budget.text!r} (limit {budget.limit:.4g}) is met by no student: the "
                        f"cheapest, {cheapest['name']} of {cheapest['subspace']}, has "
                        f"{budget.metric}={cheapest[budget.metric]:.4g}; relax the budget")
-    chosen[budget.text] = min(fitting, key=lambda r: r["loss"])
+    chosen[budget.text] = max(fitting, key=better)
   return chosen
 
 
@@ -199,79 +224,3 @@ def score_subspaces(superlms: dict[str, tuple[BertEncoder, int, list[Arch]]], te
               "loss": float(loss), "tokens": tokens} for arch, loss in zip(archs, losses, strict=True)]
   bar.close()
   return rows, timing
-
-
-def write_outputs(directory, rows: list[dict], selected: dict[str, dict], budgets: Sequence[Budget],
-                  teacher: dict, timing: dict) -> str:
-  """results.csv, pareto.png, selected.json, summary.json, written whole into a temporary sibling
-  and renamed into place; returns the lines to print."""
-  import json
-
-  from autodistil_jax import atomic
-  from autodistil_jax.workdir import SEARCH_FILES
-
-  tmp = atomic.temp_dir_for(directory)
-  write_results_csv(tmp / SEARCH_FILES["results"], rows)
-  plot_pareto(tmp / SEARCH_FILES["pareto"], rows, selected, teacher["flops"])
-  (tmp / SEARCH_FILES["selected"]).write_text(json.dumps(
-      {b: {**row, "budget_limit": next(x.limit for x in budgets if x.text == b)}
-       for b, row in selected.items()}, indent=2) + "\n")
-  (tmp / SEARCH_FILES["summary"]).write_text(json.dumps(
-      {"teacher": teacher, "timing": timing,
-       "pareto_front": [r["name"] + "@" + r["subspace"] for r in pareto_front(rows)]}, indent=2) + "\n")
-  atomic.replace_dir(tmp, directory)
-  lines = [f"search: {len(rows)} students in {sum(t['wall_s'] for t in timing.values()):.1f} s"]
-  lines += [f"  {n:>6}: {t['students']} students, {t['wall_s']:.1f} s, {t['students_per_s']:.1f}/s"
-            for n, t in timing.items()]
-  lines += [f"  {b}: {r['name']} ({r['subspace']}) loss {r['loss']:.4g}, "
-            f"{r['flops'] / 1e9:.3f} GFLOPs, {r['params'] / 1e6:.2f}M params" for b, r in selected.items()]
-  return "\n".join(lines)
-
-
-# --- outputs -------------------------------------------------------------------------------------
-
-CSV_COLUMNS = ("subspace", "name", "layers", "hidden", "mlp_ratio", "heads", "params", "flops",
-               "paper_flops", "loss", "tokens")
-
-
-def write_results_csv(path, rows: Sequence[dict]) -> None:
-  import csv
-
-  with path.open("w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS + ("latency_ms",), extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def plot_pareto(path, rows: Sequence[dict], selected: dict[str, dict], teacher_flops: float) -> None:
-  """FLOPs vs loss of every student, the Pareto front, and the selected students labelled."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-  for name in dict.fromkeys(r["subspace"] for r in rows):
-    mine = [r for r in rows if r["subspace"] == name]
-    ax.scatter([r["flops"] / 1e9 for r in mine], [r["loss"] for r in mine], s=10, alpha=0.55,
-               label=f"{name} ({len(mine)} students)")
-  front = pareto_front(rows)
-  ax.step([r["flops"] / 1e9 for r in front], [r["loss"] for r in front], where="post", color="black",
-          linewidth=1.2, label="Pareto front")
-  for budget, row in selected.items():
-    x, y = row["flops"] / 1e9, row["loss"]
-    ax.scatter([x], [y], marker="*", s=180, color="red", edgecolor="black", zorder=5)
-    ax.annotate(f"{row['name']}\n{budget}", (x, y), textcoords="offset points", xytext=(8, 8),
-                fontsize=7, arrowprops={"arrowstyle": "-", "lw": 0.5})
-  ax.axvline(teacher_flops / 1e9, color="grey", linestyle="--", linewidth=0.8, label="teacher FLOPs")
-  ax.set_xscale("log")
-  ax.set_xlabel("GFLOPs per sequence (exact, 2 per multiply-add)")
-  ax.set_ylabel("held-out relation distillation loss")
-  ax.set_title("AutoDistil search: every student of every SuperLM")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  with path.open("wb") as f:
-    fig.savefig(f, format="png")
-  plt.close(fig)

@@ -8,6 +8,7 @@ and how the leftovers of a killed run are cleared. Nothing else spells a path in
     superlm/<subspace>/record.json          what that SuperLM is trained with (records.py)
     metrics.jsonl, tensorboard/<run>/       training metrics
     search/                                 results.csv, pareto.png, selected.json, summary.json
+    proxy/<subspace>.json                   task-proxy scores, kept as they come (proxy.py)
     export/<subspace>-<arch>/               Hugging Face checkpoints with their model cards
     evaluate/                               suite.csv, suite.md, suite.png
     glue/<model>/<task>/results.json        fine-tuning results; glue/summary.{csv,md}
@@ -115,6 +116,9 @@ class Workdir:
   def selected_file(self) -> AnyPath:
     return self.search_file("selected")
 
+  def proxy_scores(self, subspace: str) -> AnyPath:
+    return self.root / "proxy" / f"{subspace}.json"
+
   # Export, evaluation, fine-tuning.
   @property
   def export_root(self) -> AnyPath:
@@ -162,7 +166,7 @@ class Workdir:
   def stage_outputs(self, stage: str) -> list[AnyPath]:
     """What a stage writes, as --redo moves it aside (the stage's record included)."""
     outputs = {"train": [self.root / "superlm", self.root / "tensorboard"],
-               "search": [self.search_dir], "export": [self.export_root],
+               "search": [self.search_dir, self.root / "proxy"], "export": [self.export_root],
                "evaluate": [self.evaluate_dir], "finetune": [self.glue_root]}[stage]
     return [*outputs, self.stage_record(stage)]
 

@@ -7,9 +7,9 @@
 Per variant (an objective: config overrides of the demo config, VARIANTS), the demo Base SuperLM
 is trained on WikiText-2 (resumable, its own workdir under --workdir) to the last of --steps, and
 at each of --steps the evaluation suite scores fixed students inside it: the largest, the
-smallest and the one nearest half the teacher's FLOPs. Their sliced twins are scored once (step
-0). One JSON per (variant, step) under --out, each written when it is done; a re-run skips them;
-results.md is rewritten after each.
+smallest, the one nearest half the teacher's FLOPs and --random_students drawn at random. Their
+sliced twins are scored once (step 0). One JSON per (variant, step) under --out, each written
+when it is done; a re-run skips them; results.md is rewritten after each.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 import time
 
 import ml_collections
+import numpy as np
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the SuperLMs of the variants are trained.")
@@ -28,6 +29,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/ and wikite
 _OUT = flags.DEFINE_string("out", None, "Folder for the cells (JSON) and results.md.")
 _STEPS = flags.DEFINE_list("steps", ["20", "80"], "Training steps at which the students are scored.")
 _VARIANTS = flags.DEFINE_list("variants", ["paper", "hidden1"], "Objectives to compare (VARIANTS).")
+_RANDOM_STUDENTS = flags.DEFINE_integer(
+    "random_students", 0, "How many students, drawn at random (seed 0), to score besides the fixed three.")
 flags.mark_flags_as_required(["workdir", "data_dir", "out"])
 
 # An objective: overrides of the demo config's training settings.
@@ -51,14 +54,18 @@ def variant_config(name: str, data_dir: pathlib.Path, steps: int) -> ml_collecti
   return config
 
 
-def fixed_students(config, teacher) -> dict[str, object]:
+def fixed_students(config, teacher, random_students: int = 0) -> dict[str, object]:
   from autodistil_jax.search_space import SubSpace, exact_flops
 
   space = SubSpace.from_config("base", config.subspaces.base)
   c = teacher.config
   flops = lambda a: exact_flops(a, config.data.seq_len, c.head_size, c.pooler)
   half = min(space.enumerate(), key=lambda a: abs(flops(a) / flops(c.full_arch()) - 0.5))
-  return {"largest": space.largest, "half FLOPs": half, "smallest": space.smallest}
+  chosen = {"largest": space.largest, "half FLOPs": half, "smallest": space.smallest}
+  others = [a for a in space.enumerate() if a not in chosen.values()]
+  for i, index in enumerate(np.random.default_rng(0).choice(len(others), random_students, replace=False)):
+    chosen[f"random {i + 1}"] = others[index]
+  return chosen
 
 
 def main(argv):
@@ -83,7 +90,7 @@ def main(argv):
   settings = evaluate.SuiteSettings.from_config(base, measures.read_pooling(teacher_dir))
   texts = evaluate.read_texts(settings, base.data.glue_dir)
   mesh = parallel.make_mesh()
-  students = fixed_students(base, teacher)
+  students = fixed_students(base, teacher, _RANDOM_STUDENTS.value)
   suite = None
 
   def scored(path: pathlib.Path, subjects) -> None:

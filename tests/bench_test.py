@@ -30,6 +30,13 @@ def test_search_bench_scores_the_same_losses_both_ways(tmp_path):
 
 
 @pytest.mark.slow
+def test_proxy_search_bench_gets_the_same_scores_both_ways(data_dir, tmp_path):
+  r = _bench("proxy_search", tmp_path, f"--glue_dir={data_dir / 'glue'}", "--subspace=tiny", "--batch=4",
+             "--seq_len=32", "--students=4", "--alone=2", "--steps=2", "--dev_examples=32")
+  assert r["students"] == 4 and r["alone_students_timed"] == 2 and r["max_score_diff"] <= 1e-6
+
+
+@pytest.mark.slow
 def test_versus_torch_bench_starts_from_the_same_loss(tmp_path):
   r = _bench("versus_torch", tmp_path, "--batch=2", "--seq_len=32", "--rounds=1")
   assert r["initial_loss_diff"] <= 1e-5 and r["ours_s"] > 0 and r["torch_s"] > 0

@@ -83,6 +83,37 @@ def test_train_search_export(data_dir, tmp_path):
   impossible = _main(tmp_path, "search", corpus, "--config.search.budgets=('params<=1K',)")
   assert impossible.returncode != 0 and "is met by no student: the cheapest" in impossible.stderr
   assert (Workdir(tmp_path).search_file("selected")).read_text() == json.dumps(selected, indent=2) + "\n"
+  _check_proxy_search(tmp_path, corpus, glue_dir)
+
+
+def _check_proxy_search(workdir, corpus, glue_dir):
+  """The task-proxy search over the trained SuperLM: refused before any work when a chunk cannot
+  fit; else every student scored, selection by proxy score, kept scores reused on a re-run."""
+  flags = [glue_dir, "--config.search.proxy.enabled=True", "--config.search.selection=proxy",
+           "--config.search.proxy.steps=3", "--config.search.proxy.batch_size=8",
+           "--config.search.proxy.seq_len=32", "--config.search.proxy.dev_examples=64"]
+  too_big = _main(workdir, "search", corpus, *flags, "--config.search.proxy.students_per_call=1000000")
+  assert too_big.returncode == 2 and len(too_big.stderr.strip().splitlines()) == 1, too_big.stderr
+  assert "students_per_call=1000000 needs about" in too_big.stderr
+  assert not Workdir(workdir).proxy_scores("mini").exists()
+  proxied = _main(workdir, "search", corpus, *flags)
+  assert proxied.returncode == 0, proxied.stderr[-3000:]
+  assert "proxy search on sst2: 16 students" in proxied.stdout and "Kendall's tau" in proxied.stdout
+  with open(Workdir(workdir).search_file("results"), encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 16 and all(0 <= float(r["proxy_score"]) <= 1 for r in rows)
+  summary = json.loads(Workdir(workdir).search_file("summary").read_text())
+  assert summary["selection"] == "proxy" and set(summary["pareto_front"]) == {"agnostic", "proxy"}
+  tau = summary["proxy"]["kendall_tau"]["all"]
+  assert summary["proxy"]["task"] == "sst2" and (-1 <= tau <= 1 if tau is not None else
+                                                 "every student scored the same" in proxied.stdout)
+  for budget, row in json.loads(Workdir(workdir).search_file("selected").read_text()).items():
+    limit, metric = row["budget_limit"], budget.split("<=")[0]
+    assert row["proxy_score"] == max(float(r["proxy_score"]) for r in rows if float(r[metric]) <= limit)
+  again = _main(workdir, "search", corpus, *flags)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads(Workdir(workdir).search_file("summary").read_text())["proxy"]["timing"]["mini"][
+      "reused"] == 16
 
 
 @pytest.mark.parametrize("override,message", [

@@ -54,6 +54,23 @@ def test_pareto_front_keeps_only_undominated_students():
   assert [r["name"] for r in search.pareto_front(_rows())] == ["x", "y", "w"]
 
 
+def test_proxy_selection_picks_the_best_score_ties_to_the_lower_loss_and_never_a_diverged_one():
+  rows = [{**r, "proxy_score": s} for r, s in zip(_rows(), [0.7, 0.8, 0.8, float("nan"), 0.9], strict=True)]
+  assert [r["name"] for r in search.pareto_front(rows, selection="proxy")] == ["x", "v"]
+  teacher = {"flops": 8.0, "params": 100, "paper_flops": 4.0}
+  budgets = [search.parse_budget(b, teacher) for b in ("flops<=0.3*teacher", "params<=24", "flops<=4")]
+  chosen = search.select(rows, budgets, selection="proxy")
+  assert chosen["flops<=0.3*teacher"]["name"] == "v"  # 0.9 beats the two 0.8s
+  assert chosen["params<=24"]["name"] == "y"  # y and z tie at 0.8: y has the lower loss
+  assert chosen["flops<=4"]["name"] == "v"  # w (NaN: it diverged) is never chosen
+  assert search.select(rows, budgets)["flops<=4"]["name"] == "w"  # the agnostic search still can
+  assert search.check_selection("proxy", True) == "proxy"
+  with pytest.raises(ValueError, match="selection='proxy' needs the proxy search"):
+    search.check_selection("proxy", False)
+  with pytest.raises(ValueError, match="must be one of"):
+    search.check_selection("task", True)
+
+
 def test_budgets_parse_and_select_the_least_loss_student():
   teacher = {"flops": 8.0, "params": 100, "paper_flops": 4.0}
   b = search.parse_budget("flops<=0.5*teacher", teacher)
@@ -76,5 +93,5 @@ def test_latency_budget_measures_students(setup):
           for i, a in enumerate([space.largest, space.smallest])]
   chosen = search.select(rows, [search.parse_budget("latency_ms<=1e6", {})], {"t": sup}, (1, 16))
   assert chosen["latency_ms<=1e6"]["name"] == space.largest.name and rows[0]["latency_ms"] > 0
-  with pytest.raises(ValueError, match="none of the 2 lowest-loss students fits"):
+  with pytest.raises(ValueError, match="none of the 2 best students fits"):
     search.select(rows, [search.parse_budget("latency_ms<=1e-9", {})], {"t": sup}, (1, 16))

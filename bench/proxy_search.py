@@ -1,0 +1,82 @@
+"""Task-proxy search throughput: the one-program search (proxy.search: every student fine-tuned
+side by side in one compiled program per sub-space) against extracting each student and compiling
+and fine-tuning it on its own (proxy.finetune_alone), at the same budget, compile time included.
+
+  python bench/proxy_search.py --glue_dir=../shared/data/glue --size=demo --subspace=base \
+      --students=32 --alone=6 --steps=20                                  # 2-core CPU: ~10 min
+
+Both sides run the same steps on the same SST-2 batches; dropout is off so the scores of the
+students timed alone must equal theirs in the program (printed). Target: >= 5x students/s.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import ml_collections
+import numpy as np
+
+from autodistil_jax import data, hf_io, parallel, proxy
+from autodistil_jax.defaults import base_config
+from autodistil_jax.model import init_superlm
+
+
+def main():
+  parser = common.parser(__doc__, batch=16)
+  parser.add_argument("--glue_dir", required=True, help="GLUE TSV root (the proxy task is read from it)")
+  parser.add_argument("--task", default="sst2")
+  parser.add_argument("--subspace", default="base")
+  parser.add_argument("--students", type=int, default=32, help="a seeded sample of the sub-space")
+  parser.add_argument("--alone", type=int, default=6, help="of those, timed one by one (evenly spread)")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--dev_examples", type=int, default=256)
+  parser.add_argument("--students_per_call", type=int, default=0, help="0: sized from free memory")
+  args = parser.parse_args()
+  teacher, spaces = common.teacher_and_subspaces(args.size)
+  superlm = init_superlm(teacher, spaces[args.subspace])
+  config = base_config()
+  config.data.glue_dir = args.glue_dir
+  config.search.proxy.update(ml_collections.ConfigDict({
+      "task": args.task, "steps": args.steps, "batch_size": args.batch, "seq_len": args.seq_len,
+      "dev_examples": args.dev_examples, "dropout": 0.0, "attention_dropout": 0.0,
+      "students_per_call": args.students_per_call}))
+  settings = proxy.ProxySettings.from_config(config)
+  mesh = parallel.make_mesh()
+  train, dev = proxy.read_task(settings, args.glue_dir, data.load_tokenizer(
+      hf_io.resolve_checkpoint("all-MiniLM-L6-v2")))
+  archs = proxy.sample_students(spaces[args.subspace].enumerate(), args.students, 0)
+  chunk = proxy.students_per_call(settings, superlm.config, len(archs), mesh)
+  print(f"device: {common.device_description()}; {args.size}/{args.subspace}: {len(archs)} students, "
+        f"{args.steps} steps of {args.batch} x <= {args.seq_len} on {args.task}, {chunk} per call")
+
+  with tempfile.TemporaryDirectory() as tmp:
+    start = time.perf_counter()
+    scores, _ = proxy.search(settings, {args.subspace: (superlm, "bench", archs)}, train, dev,
+                             {args.subspace: chunk}, mesh, lambda name: Path(tmp) / f"{name}.json")
+    program_s = time.perf_counter() - start
+  picks = np.linspace(0, len(archs) - 1, args.alone).round().astype(int)
+  start = time.perf_counter()
+  alone = [proxy.finetune_alone(superlm, archs[i], train, dev, settings, mesh)[0] for i in picks]
+  alone_s = time.perf_counter() - start
+  diffs = [abs(scores[args.subspace][archs[i].name]["proxy_score"] - proxy.glue.main_score(settings.task, m))
+           for i, m in zip(picks, alone, strict=True)]
+  program_rate, alone_rate = len(archs) / program_s, len(picks) / alone_s
+  result = {"students": len(archs), "students_per_call": chunk, "program_s": program_s,
+            "program_students_per_s": program_rate, "alone_students_timed": len(picks), "alone_s": alone_s,
+            "alone_students_per_s": alone_rate, "speedup": program_rate / alone_rate,
+            "max_score_diff": max(diffs)}
+  print(f"one program: {len(archs)} students in {program_s:.1f} s = {program_rate:.3f} students/s")
+  print(f"alone:       {len(picks)} students in {alone_s:.1f} s = {alone_rate:.3f} students/s "
+        "(one compile each)")
+  print(f"speedup {result['speedup']:.1f}x (target >= 5); scores equal to {max(diffs):.1e}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"device": common.device_description(), "args": vars(args), **result}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
