@@ -34,6 +34,17 @@ def load_tokenizer(checkpoint_dir: str | os.PathLike):
 
   # BertTokenizerFast, not AutoTokenizer: the latter would read an exported student's config
   # and ask to run its remote code just to pick a tokenizer class.
+  directory = Path(checkpoint_dir)
+  if directory.is_dir() and not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+    raise FileNotFoundError(f"{directory} has neither tokenizer.json nor vocab.txt: copy the teacher's "
+                            "tokenizer files into it (without them every word would be [UNK])")
+  tokenizer_json = directory / "tokenizer.json"
+  if tokenizer_json.is_file():
+    try:
+      json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{tokenizer_json} is not valid JSON ({e}); restore it or delete it to use "
+                       "vocab.txt") from None
   tok = BertTokenizerFast.from_pretrained(str(checkpoint_dir))
   if not tok.is_fast:
     raise ValueError(f"{checkpoint_dir}: no fast tokenizer; it needs tokenizer.json or vocab.txt")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 from pathlib import Path
 
@@ -133,8 +134,16 @@ def read_tsv(task: Task, glue_dir: str | os.PathLike, split: str) -> Examples:
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: set config.data.glue_dir to the GLUE TSV root "
                             f"(the folder holding {task.directory}/)")
-  with open(path, encoding="utf-8-sig", newline="") as f:  # -sig drops MRPC's byte-order mark
-    rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  raw_bytes = path.read_bytes()
+  try:
+    text = raw_bytes.decode("utf-8-sig")  # -sig drops MRPC's byte-order mark
+  except UnicodeDecodeError as e:
+    line = raw_bytes[:e.start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 text (bad byte at offset {e.start}); convert the "
+                     "file to UTF-8") from None
+  rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+  if not any(rows):
+    raise ValueError(f"{path} is empty: restore the task's {split}.tsv")
   if task.header:
     header, rows, first_line = rows[0], rows[1:], 2
     try:
@@ -156,9 +165,12 @@ def read_tsv(task: Task, glue_dir: str | os.PathLike, split: str) -> Examples:
     raw = row[label_idx].strip()
     if task.is_regression:
       try:
-        labels.append(float(raw))
+        score = float(raw)
       except ValueError as e:
         raise ValueError(f"{path}:{n}: label {raw!r} is not a number") from e
+      if not np.isfinite(score):
+        raise ValueError(f"{path}:{n}: label {raw!r} is not a finite number; fix or remove the line")
+      labels.append(score)
     else:
       if raw not in task.labels:
         raise ValueError(f"{path}:{n}: label {raw!r} is not one of {list(task.labels)}")

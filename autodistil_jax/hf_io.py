@@ -96,6 +96,11 @@ def read_config(directory: Path) -> EncoderConfig:
   for key, want in (("hidden_act", "gelu"), ("position_embedding_type", "absolute")):
     if hf.get(key, want) != want:
       raise CheckpointError(f"{file}: {key}={hf[key]!r} is not supported (need {want!r})")
+  integers = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+              "vocab_size", "max_position_embeddings", "type_vocab_size", "attention_head_size")
+  if wrong := [f"{k}={hf[k]!r}" for k in integers
+               if k in hf and (not isinstance(hf[k], int) or isinstance(hf[k], bool) or hf[k] < 1)]:
+    raise CheckpointError(f"{file}: {', '.join(wrong)} must be positive integers; fix config.json")
   try:
     hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
     return EncoderConfig.dense(
@@ -172,6 +177,9 @@ def load_bert(name_or_path: str | os.PathLike) -> BertEncoder:
   directory = resolve_checkpoint(name_or_path)
   config = read_config(directory)
   tensors = read_tensors(directory)
+  if bad := [name for name, t in tensors.items() if t.dtype.kind == "f" and not np.isfinite(t).all()]:
+    raise CheckpointError(f"{directory}: the teacher's weights are not finite in {', '.join(bad[:3])}"
+                          f"{' and more' if len(bad) > 3 else ''}; restore the checkpoint")
   if "pooler.dense.weight" not in tensors:
 
     config = dataclasses.replace(config, pooler=False)

@@ -10,7 +10,7 @@ import time
 import jax
 import ml_collections
 
-from autodistil_jax import records
+from autodistil_jax import records, validate
 from autodistil_jax.pipeline import MODES, STAGES, stage_inputs
 from autodistil_jax.workdir import Workdir
 
@@ -25,8 +25,9 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | os.PathLike
   one whose does not, naming the keys; a stage named in `redo` (and every later one) has its
   outputs moved aside and runs again. A single stage always runs, after checking the records of
   the stages it reads from."""
-  wd = Workdir.at(workdir)
   chosen = STAGES[:STAGES.index(last) + 1] if mode == "all" else (mode,)
+  validate.check(config, mode, ("all", *STAGES), chosen if mode in ("all", *STAGES) else (), str(workdir))
+  wd = Workdir.at(workdir)
   if bad := [s for s in redo if s not in chosen]:
     raise ValueError(f"--redo={','.join(bad)} is not a stage that --mode={mode} runs ({', '.join(chosen)})")
   with wd.held(primary=jax.process_index() == 0):

@@ -14,8 +14,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file under configs/.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "search", "export", "evaluate", "finetune", "all"],
-                          "Which stage to run (all: every stage in order, skipping finished ones).")
+# A string, not an enum: a misspelt mode is refused by the runner's validation, as one `error:` line.
+_MODE = flags.DEFINE_string("mode", "train", "Which stage to run: train, search, export, evaluate, "
+                            "finetune, or all (every stage in order, skipping finished ones).")
 _REDO = flags.DEFINE_list("redo", [], "Stages to run again although the workdir has them: their outputs "
                           "and those of later stages are moved to <workdir>/replaced/<time>/.")
 flags.mark_flags_as_required(["config", "workdir"])
