@@ -23,6 +23,16 @@ from absl import logging
 from autodistil_jax import storage
 
 
+def nonfinite_leaves(tree) -> list[str]:
+  """Paths of the floating-point arrays of `tree` holding a NaN or an infinity (one host sync)."""
+  import jax.numpy as jnp
+
+  leaves = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
+  finite = jax.device_get([jnp.all(jnp.isfinite(x)) for _, x in leaves])
+  return [name for (name, _), ok in zip(leaves, finite, strict=True) if not ok]
+
+
 class Checkpointer:
   """Saves and restores {"params", "opt_state", "rng"} plus the data iterator under `directory`."""
 
@@ -38,6 +48,11 @@ class Checkpointer:
 
   def save(self, step: int, state: dict, iterator: grain.DatasetIterator | None = None,
            force: bool = False) -> bool:
+    if not (force or self._manager.should_save(step)):
+      return False
+    if bad := nonfinite_leaves(state):  # never write a state that cannot be trained on or used
+      raise FloatingPointError(f"step {step}: the training state is not finite in {', '.join(bad[:3])}; "
+                               f"not checkpointed (the last good checkpoint stays in {self.directory})")
     items = {"state": ocp.args.StandardSave(state)}
     if iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(iterator)

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from autodistil_jax import storage
-from autodistil_jax.workdir import temp_sibling
+from autodistil_jax.workdir import writing
 
 # WikiText section headings look like " = = Title = = "; they are not paragraphs.
 _HEADING = re.compile(r"^\s*(=\s*)+[^=].*?(\s*=)+\s*$")
@@ -211,11 +211,8 @@ def load_corpus(spec: str, tokenizer_dir: str | os.PathLike, seq_len: int, *, pa
     raise ValueError(f"corpus {spec!r} gives {len(tokens)} sequences of {seq_len} tokens, fewer than "
                      f"the {min_sequences[0]} needed ({min_sequences[1]}): add text or lower those")
   if fresh and cache is not None:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(cache)
-    with tmp.open("wb") as f:
+    with writing(cache) as tmp, tmp.open("wb") as f:  # a half-written cache is never read
       np.save(f, tokens)
-    storage.replace(tmp, cache)  # atomic: a half-written cache is never read
   return tokens
 
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from autodistil_jax import atomic, hf_io, storage
+from autodistil_jax.checkpoints import nonfinite_leaves
 from autodistil_jax.model import BertEncoder, count_params, extract_student, get_params
 from autodistil_jax.search_space import Arch, exact_flops
 
@@ -76,6 +77,9 @@ def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, 
   if target.exists() and not overwrite:
     raise FileExistsError(f"export target {target} already exists; remove it or pass --overwrite")
   student = extract_student(superlm, arch)
+  if bad := nonfinite_leaves(get_params(student)):
+    raise ValueError(f"student {arch.name} has non-finite weights in {', '.join(bad[:3])}: not exported; "
+                     "retrain its SuperLM (--redo=train)")
   remote_code = student.config.qkv_width != student.config.hidden
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = atomic.temp_dir_for(target)

@@ -151,7 +151,11 @@ def select(rows: list[dict], budgets: Sequence[Budget], superlms: dict[str, Bert
   `max_latency_trials`); measured latencies are written into their rows.
   """
   better = lambda r: (quality(r, selection), -r["loss"])  # proxy ties go to the lower loss
-  rows = [r for r in rows if np.isfinite(quality(r, selection))]  # a diverged student is never selected
+  if broken := [f"{r['name']}@{r['subspace']}" for r in rows if not np.isfinite(r["loss"])]:
+    raise ValueError(f"{len(broken)} students have a non-finite held-out loss ({', '.join(broken[:5])}"
+                     f"{', ...' if len(broken) > 5 else ''}): their SuperLM is broken; nothing is selected. "
+                     "Retrain it (--redo=train), e.g. with a lower config.train.learning_rate")
+  rows = [r for r in rows if np.isfinite(quality(r, selection))]  # diverged in proxy fine-tuning
   if not rows:
     raise ValueError(f"no student has a finite {CRITERIA[selection]}: nothing can be selected")
   chosen = {}

@@ -216,8 +216,8 @@ class Workdir:
     finally:
       note.unlink(missing_ok=True)
       lock.release()
-      if created and {p.name for p in self.root.iterdir()} <= {".lock"}:
-        storage.rmtree(self.root)  # a command that failed its checks leaves nothing behind
+      if created and not any(p.is_file() and p.name != ".lock" for p in self.root.rglob("*")):
+        storage.rmtree(self.root)  # a command that failed before writing a file leaves nothing behind
 
   def remove_leftovers(self) -> list[AnyPath]:
     """Deletes the temporary files and folders of killed runs (call while holding the lock)."""
@@ -241,13 +241,27 @@ def temp_sibling(target: AnyPath) -> AnyPath:
   return target.parent / f".{target.name}.tmp-{os.getpid()}"
 
 
-def write_text_atomic(target: AnyPath, text: str) -> None:
-  """Writes `target` whole or not at all: into temp_sibling, then renamed over it (its folder is
-  created if needed)."""
+@contextlib.contextmanager
+def writing(target: AnyPath) -> Iterator[AnyPath]:
+  """Yields where to write `target` (temp_sibling; its folder created): renamed over `target` when
+  the block ends, deleted when it fails (a full disk leaves no half-written file behind)."""
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = temp_sibling(target)
-  tmp.write_text(text, encoding="utf-8")
-  storage.replace(tmp, target)
+  try:
+    yield tmp
+    storage.replace(tmp, target)
+  except BaseException as e:
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
+    if isinstance(e, OSError) and not e.filename:  # a failed write names no file: name the target
+      raise OSError(e.errno, e.strerror or str(e), str(target)) from e
+    raise
+
+
+def write_text_atomic(target: AnyPath, text: str) -> None:
+  """Writes `target` whole or not at all."""
+  with writing(target) as tmp:
+    tmp.write_text(text, encoding="utf-8")
 
 
 def _holder(note: AnyPath) -> str:

@@ -41,6 +41,15 @@ def main(argv):
   except runner.USER_ERRORS as e:  # what the user must fix: one line, non-zero exit
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     sys.exit(2)
+  except OSError as e:  # the system refused (disk full, permission, a file gone): one line, the path
+    where = " ".join(str(p) for p in (e.filename, e.filename2) if p)
+    print(f"error: {e.strerror or e}{': ' + where if where else ''} (outputs are written whole or "
+          "not at all; free the space or fix the permission and run the same command again)",
+          file=sys.stderr)
+    sys.exit(1)
+  except FloatingPointError as e:  # a state that is not finite: refused, never saved
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,13 @@ def test_existing_target_is_kept_unless_overwrite(superlm, teacher_dir, tmp_path
   assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # nothing half-written
   export.export_student(superlm, S.Arch(2, 64, 2.0, 3), target, overwrite=True, **kwargs)
   assert not (target / "keep.txt").exists() and (target / "model.safetensors").exists()
+
+
+def test_a_student_with_non_finite_weights_is_not_exported(superlm, teacher_dir, tmp_path):
+  params = M.get_params(superlm)
+  params["layers"]["ffn_in_kernel"] = params["layers"]["ffn_in_kernel"].at[0, 0, 0].set(jnp.inf)
+  broken = M.from_params(superlm.config, params)
+  with pytest.raises(ValueError, match=r"non-finite weights in .*ffn_in_kernel.*not exported"):
+    export.export_student(broken, S.Arch(2, 64, 2.0, 3), tmp_path / "s", teacher_dir=teacher_dir,
+                          teacher_name="t", subspace="t", seq_len=128)
+  assert not any(tmp_path.iterdir())

@@ -185,3 +185,38 @@ def test_five_sigkills_one_during_a_checkpoint_write(teacher, corpus, corpus_pat
   assert step == 24 and diff <= 1e-6
   assert _logged_steps(workdir) == list(range(1, 25))
   assert not any("tmp" in p.name for p in ckpt_dir.iterdir())
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written(data_dir, tmp_path):
+  """A file-size limit (RLIMIT_FSIZE) makes every write past 64 KiB fail as a full disk would."""
+  import resource
+
+  def limit():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+  root, workdir = pathlib.Path(__file__).resolve().parents[1], tmp_path / "work"
+  result = subprocess.run(
+      [sys.executable, str(root / "launch" / "main.py"), f"--config={root}/tests/configs/tiny_test.py",
+       f"--workdir={workdir}", "--mode=train",
+       f"--config.data.corpus={data_dir / 'wikitext-2' / 'valid.txt'}"],
+      cwd=root, capture_output=True, text=True, timeout=600, preexec_fn=limit)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "data_cache/corpus_" in errors[0] and "run the same command again" in errors[0]
+  assert not workdir.exists()  # the half-written cache was deleted, and with it the fresh workdir
+
+
+def test_a_state_that_is_not_finite_is_never_checkpointed(tmp_path):
+  import jax.numpy as jnp
+
+  from autodistil_jax.checkpoints import Checkpointer
+
+  ckpt = Checkpointer(tmp_path / "ckpt", save_every=1, keep=2)
+  ckpt.save(1, {"params": {"w": jnp.ones(3)}, "opt_state": {"m": jnp.zeros(3)}, "rng": jnp.zeros(2)})
+  ckpt.wait()
+  with pytest.raises(FloatingPointError, match=r"step 2: the training state is not finite in .*'w'"):
+    ckpt.save(2, {"params": {"w": jnp.array([1.0, jnp.nan, 0.0])}, "opt_state": {"m": jnp.zeros(3)},
+                  "rng": jnp.zeros(2)})
+  ckpt.wait()
+  assert ckpt.latest_step() == 1
+  ckpt.close()

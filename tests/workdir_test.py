@@ -39,7 +39,7 @@ def corpus(data_dir):
   return str(data_dir / "wikitext-2" / "valid.txt")
 
 
-def test_changed_settings_are_named_and_refused_and_redo_replaces_keeping_the_old(corpus, tmp_path):
+def test_changed_settings_are_named_and_refused_and_redo_replaces_keeping_the_old(corpus, data_dir, tmp_path):
   wd = Workdir(tmp_path)
   assert _launch(tmp_path, "train", corpus).returncode == 0
   before = _digest(wd.superlm("mini"))
@@ -51,8 +51,8 @@ def test_changed_settings_are_named_and_refused_and_redo_replaces_keeping_the_ol
   assert not wd.checkpoints("mini").with_name("checkpoints.corrupt").exists()
   # More steps: not a silent skip (the learning-rate schedule ends at num_steps, so the finished
   # run is not a prefix of the longer one): refused under "all" and "train", naming the key.
-  for mode in ("all", "train"):
-    longer = _launch(tmp_path, mode, corpus, "--config.train.num_steps=7")
+  for mode, glue in (("all", f"--config.data.glue_dir={data_dir / 'glue'}"), ("train", "")):
+    longer = _launch(tmp_path, mode, corpus, "--config.train.num_steps=7", *filter(None, [glue]))
     assert longer.returncode == 2 and "train.num_steps (5 -> 7)" in longer.stderr, longer.stderr
   assert _digest(wd.superlm("mini")) == before
   # --redo=train: the old SuperLM is moved aside whole, and the new one trained to 7 steps.
