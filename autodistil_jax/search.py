@@ -152,7 +152,7 @@ def select(rows: list[dict], budgets: Sequence[Budget], superlms: dict[str, Bert
   """
   better = lambda r: (quality(r, selection), -r["loss"])  # proxy ties go to the lower loss
   if broken := [f"{r['name']}@{r['subspace']}" for r in rows if not np.isfinite(r["loss"])]:
-    raise ValueError(f"{len(broken)} students have a non-finite held-out loss ({', '.join(broken[:5])}"
+    raise ValueError(f"{len(broken)} student(s) with a non-finite held-out loss ({', '.join(broken[:5])}"
                      f"{', ...' if len(broken) > 5 else ''}): their SuperLM is broken; nothing is selected. "
                      "Retrain it (--redo=train), e.g. with a lower config.train.learning_rate")
   rows = [r for r in rows if np.isfinite(quality(r, selection))]  # diverged in proxy fine-tuning

@@ -277,3 +277,11 @@ def test_hostile_input_through_the_command_line(case, mode, overrides, message, 
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+def test_an_empty_workdir_is_refused_before_anything_is_written(data_dir, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # an empty --workdir would otherwise mean the current directory
+  config = _config({}, str(data_dir / "wikitext-2" / "valid.txt"))
+  with pytest.raises(ValueError, match="--workdir is empty: give the directory"):
+    runner.run("train", config, "")
+  assert not any(tmp_path.iterdir())
