@@ -114,3 +114,36 @@ def test_the_papers_relations_leave_the_last_layers_output_untrained_and_the_hid
   t_logits = distill.teacher_relations(teacher(ids, mask), 12, hidden=True)
   out = sup(ids, mask, arch=full.as_array())
   assert float(distill.distill_loss(t_logits, out, full.qkv_width(32), mask, "mse", 384, 1.0)) < 1e-9
+
+
+def test_teacher_relations_equal_ones_computed_by_hand_from_transformers(teacher, teacher_dir):
+  """The targets themselves: softmax(X_r X_r^T / sqrt(d_r)) of the last layer's Q, K and V, taken
+  from transformers' own BertModel (hooks on its projections) and computed here in numpy, for a
+  real sentence padded inside a batch beside a longer one."""
+  import torch
+  from transformers import AutoTokenizer, BertModel
+
+  tok = AutoTokenizer.from_pretrained(teacher_dir)
+  texts = ["Relation targets are checked by hand.", "A longer second sentence pads the first one out."]
+  enc = tok(texts, padding=True, return_tensors="np")
+  reference = BertModel.from_pretrained(teacher_dir, attn_implementation="eager").eval()
+  captured = {}
+  attention = reference.encoder.layer[-1].attention.self
+  for name in ("query", "key", "value"):
+    getattr(attention, name).register_forward_hook(
+        lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach().numpy()))
+  with torch.no_grad():
+    reference(**{k: torch.as_tensor(v) for k, v in enc.items()})
+  out = teacher(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
+                jnp.asarray(enc["token_type_ids"]))
+  ours = distill.teacher_relations(out, teacher.config.heads)
+  n = int(enc["attention_mask"][0].sum())  # the first sentence's real tokens
+  heads = teacher.config.heads
+  for name, logits in zip(("query", "key", "value"), ours, strict=True):
+    x = captured[name][0, :n].reshape(n, heads, -1).transpose(1, 0, 2)  # [heads, T, d_r]
+    scores = x @ x.transpose(0, 2, 1) / np.sqrt(x.shape[-1])
+    by_hand = np.exp(scores - scores.max(-1, keepdims=True))
+    by_hand /= by_hand.sum(-1, keepdims=True)
+    # Ours over the same real tokens; the padded keys are what relation_loss masks out.
+    mine = jax.nn.softmax(logits[0, :, :n, :n], axis=-1)
+    np.testing.assert_allclose(np.asarray(mine), by_hand, atol=2e-5)

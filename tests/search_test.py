@@ -74,7 +74,7 @@ def test_proxy_selection_picks_the_best_score_ties_to_the_lower_loss_and_never_a
 def test_a_non_finite_held_out_loss_stops_the_selection_naming_the_students():
   rows = _rows()
   rows[2]["loss"] = float("nan")
-  with pytest.raises(ValueError, match=r"1 student\(s\) with a non-finite held-out loss \(z@a\).*--redo=train"):
+  with pytest.raises(ValueError, match=r"1 student\(s\) with a non-finite held-out loss \(z@a\).*redo=train"):
     search.select(rows, [search.parse_budget("flops<=4", {})])
 
 
