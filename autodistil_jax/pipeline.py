@@ -53,6 +53,11 @@ def subspaces(config: ml_collections.ConfigDict) -> dict[str, SubSpace]:
 
 def load_teacher(config: ml_collections.ConfigDict) -> BertEncoder:
   teacher = hf_io.load_bert(config.teacher)
+  tokens = len(data.load_tokenizer(hf_io.resolve_checkpoint(config.teacher)))
+  if tokens > teacher.config.vocab_size:
+    raise ValueError(f"the teacher's tokenizer has {tokens} tokens but its embedding table only "
+                     f"{teacher.config.vocab_size} rows: they do not belong together; use the "
+                     "tokenizer files the teacher was trained with")
   if config.data.seq_len > teacher.config.max_position:
     raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds the teacher's "
                      f"max_position_embeddings ({teacher.config.max_position}); lower it")

@@ -92,6 +92,10 @@ def _teacher_variant(teacher_dir, tmp_path, kind):
     (target / "tokenizer.json").write_text("this is not JSON")
   elif kind == "config_not_json":
     (target / "config.json").write_text("{ model_type: bert")
+  elif kind == "foreign_vocab":
+    (target / "tokenizer.json").unlink()
+    extra = "".join(f"[extra{i}]\n" for i in range(100))
+    (target / "vocab.txt").write_text((teacher_dir / "vocab.txt").read_text() + extra)
   elif kind == "nan_weights":
     (target / "model.safetensors").unlink()
     tensors = load_file(teacher_dir / "model.safetensors")
@@ -155,6 +159,8 @@ MORE_CASES = [
      "tokenizer.json is not valid JSON"),
     ("teacher config.json not JSON", "train", {"teacher": "@config_not_json"},
      "config.json is not valid JSON"),
+    ("teacher tokenizer larger than its embedding table", "train", {"teacher": "@foreign_vocab"},
+     "tokenizer has 30622 tokens but its embedding table only 30522 rows"),
     ("teacher with NaN weights", "train", {"teacher": "@nan_weights"},
      "weights are not finite in encoder.layer.0.output.dense.weight"),
     ("log_every 0", "train", {"train.log_every": 0}, "config.train.log_every=0 must be an integer >= 1"),
@@ -227,7 +233,8 @@ def _setup(case, overrides, tmp_path, teacher_dir, data_dir):
         made[key] = str(data_dir / "glue")
       elif name in ("empty_dev", "latin1_glue", "nan_score", "bad_label", "renamed_column", "missing_train"):
         made[key] = str(_glue_variant(data_dir, tmp_path, name))
-      elif name in ("no_tokenizer", "string_layers", "tokenizer_not_json", "config_not_json", "nan_weights"):
+      elif name in ("no_tokenizer", "string_layers", "tokenizer_not_json", "config_not_json", "nan_weights",
+                    "foreign_vocab"):
         made[key] = str(_teacher_variant(teacher_dir, tmp_path, name))
     else:
       made[key] = value
