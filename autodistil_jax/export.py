@@ -8,6 +8,7 @@ into a temporary sibling and renamed into place, so a failed export leaves nothi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,8 +21,63 @@ from autodistil_jax.search_space import Arch, exact_flops
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
+# Sentence-transformers modules that carry over to a narrower student (Pooling adapted to its width).
+_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+def sentence_transformers_files(teacher_dir: Path, build: Path, hidden: int) -> str | None:
+  """Writes the teacher's sentence-transformers files into `build`, adapted to a student of width
+  `hidden`, so that SentenceTransformer(build) pools as the teacher does. Returns None when it
+  did, else why not (no such files; a module, e.g. Dense, whose weights cannot follow the width)."""
+  modules_file = teacher_dir / "modules.json"
+  if not modules_file.is_file():
+    return "the teacher is not a sentence-transformers model"
+  modules = json.loads(modules_file.read_text(encoding="utf-8"))
+  if others := [m["type"] for m in modules if m["type"].rsplit(".", 1)[-1] not in _ST_MODULES]:
+    return f"the teacher's sentence-transformers modules {others} cannot be narrowed to the student"
+  for name in _ST_FILES:
+    if (teacher_dir / name).is_file():
+      shutil.copy(teacher_dir / name, build / name)
+  for module in modules:
+    source, kind = teacher_dir / module["path"], module["type"].rsplit(".", 1)[-1]
+    if not module["path"] or not source.is_dir():
+      continue
+    (build / module["path"]).mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+      if file.is_file():
+        shutil.copy(file, build / module["path"] / file.name)
+    if kind == "Pooling":
+      config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+      config["word_embedding_dimension"] = hidden
+      (build / module["path"] / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+  return None
+
+
+def _st_usage(trust: str) -> str:
+  return f"""
+As a sentence encoder (the teacher's pooling, adapted to the student's width):
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer(path{trust})
+embeddings = model.encode(["A sentence to embed.", "Another one."])
+```
+
+"""
+
+
+def readable_by_all(directory: Path) -> None:
+  """Gives every file the mode the user's umask gives new files (some writers, safetensors among
+  them, create theirs 0600, so other users could not read the weights)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  for path in directory.rglob("*"):
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def model_card(arch: Arch, student: BertEncoder, *, seq_len: int, teacher: str, subspace: str,
-               loss: float | None, remote_code: bool) -> str:
+               loss: float | None, remote_code: bool, sentence_transformers: bool = False) -> str:
   c = student.config
   flops = exact_flops(arch, seq_len, c.head_size, c.pooler)
   trust = ", trust_remote_code=True" if remote_code else ""
@@ -55,7 +111,7 @@ tokenizer = AutoTokenizer.from_pretrained(path)
 model = AutoModel.from_pretrained(path{trust})
 ```
 
-## Fine-tune
+{_st_usage(trust) if sentence_transformers else ""}## Fine-tune
 
 The student is task-agnostic: add a task head and fine-tune, e.g.
 
@@ -89,9 +145,11 @@ def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, 
       for name in TOKENIZER_FILES:
         if (Path(teacher_dir) / name).is_file():
           shutil.copy(Path(teacher_dir) / name, build / name)
+      no_st = sentence_transformers_files(Path(teacher_dir), build, arch.hidden)
       (build / "README.md").write_text(model_card(
           arch, student, seq_len=seq_len, teacher=teacher_name, subspace=subspace, loss=loss,
-          remote_code=remote_code))
+          remote_code=remote_code, sentence_transformers=no_st is None))
+      readable_by_all(build)
     atomic.replace_dir(tmp, target)
   except BaseException:
     storage.rmtree(tmp)

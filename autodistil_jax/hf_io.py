@@ -216,10 +216,10 @@ def hf_config(config: EncoderConfig) -> dict:
   if config.qkv_width != config.hidden:
     module = REMOTE_CODE_FILE.removesuffix(".py")
     out.update({
-        "architectures": ["AutoDistilBertModel"], "model_type": REMOTE_MODEL_TYPE,
-        "attention_head_size": config.head_size,
-        "auto_map": {"AutoConfig": f"{module}.AutoDistilBertConfig",
-                     "AutoModel": f"{module}.AutoDistilBertModel",
+        # model_type stays "bert" and AutoConfig is not mapped: AutoTokenizer and AutoConfig load
+        # it as a BertConfig without asking to run remote code; only the models are ours.
+        "architectures": ["AutoDistilBertModel"], "attention_head_size": config.head_size,
+        "auto_map": {"AutoModel": f"{module}.AutoDistilBertModel",
                      "AutoModelForSequenceClassification":
                          f"{module}.AutoDistilBertForSequenceClassification"},
     })

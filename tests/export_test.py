@@ -1,3 +1,6 @@
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +97,44 @@ def test_a_student_with_non_finite_weights_is_not_exported(superlm, teacher_dir,
     export.export_student(broken, S.Arch(2, 64, 2.0, 3), tmp_path / "s", teacher_dir=teacher_dir,
                           teacher_name="t", subspace="t", seq_len=128)
   assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("arch", [S.Arch(3, 96, 2.0, 3), S.Arch(2, 64, 3.0, 7)], ids=["plain", "remote"])
+def test_export_is_a_sentence_transformer_that_pools_as_ours(superlm, teacher_dir, tmp_path, arch):
+  from sentence_transformers import SentenceTransformer
+  from transformers import AutoConfig, AutoTokenizer
+
+  from autodistil_jax import data, measures
+
+  target = export.export_student(superlm, arch, tmp_path / "student", teacher_dir=teacher_dir,
+                                 teacher_name="all-MiniLM-L6-v2", subspace="t", seq_len=128)
+  pooling = json.loads((target / "1_Pooling" / "config.json").read_text())
+  assert pooling["word_embedding_dimension"] == arch.hidden and pooling["pooling_mode_mean_tokens"]
+  # A config and a tokenizer load as a plain BERT's, without being asked to run remote code.
+  assert type(AutoConfig.from_pretrained(target)).__name__ == "BertConfig"
+  assert AutoTokenizer.from_pretrained(target)("two words")["input_ids"][0] == 101
+  texts = ["A searched student should drop into sentence-transformers.", "Short one.",
+           "Mean pooling over the real tokens only, padding excluded."]
+  st = SentenceTransformer(str(target), trust_remote_code=True, device="cpu")
+  got = st.encode(texts, convert_to_numpy=True)
+  batch = data.load_tokenizer(teacher_dir)(texts, padding=True, return_tensors="np")
+  ids, mask, types = (jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+  out = M.extract_student(superlm, arch)(ids, mask, types)
+  want = np.array(measures.pool(out.hidden, mask, "mean"))
+  want /= np.linalg.norm(want, axis=-1, keepdims=True)  # the teacher's Normalize module
+  assert got.shape == (3, arch.hidden)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  card = (target / "README.md").read_text()
+  assert "SentenceTransformer(path" in card
+
+
+def test_exported_files_follow_the_umask(superlm, teacher_dir, tmp_path):
+  old = os.umask(0o022)
+  try:
+    target = export.export_student(superlm, S.Arch(2, 64, 2.0, 3), tmp_path / "s", teacher_dir=teacher_dir,
+                                   teacher_name="t", subspace="t", seq_len=128)
+  finally:
+    os.umask(old)
+  modes = {p.relative_to(target).as_posix(): p.stat().st_mode & 0o777 for p in target.rglob("*")}
+  assert modes["model.safetensors"] == 0o644 and modes["1_Pooling"] == 0o755, modes
+  assert set(modes.values()) <= {0o644, 0o755}

@@ -4,9 +4,12 @@ Written by autodistil_jax into exported AutoDistil students, whose heads keep th
 (64 for BERT-base) while the hidden size shrinks. Load with trust_remote_code=True:
 
     AutoModel.from_pretrained(path, trust_remote_code=True)
+    SentenceTransformer(path, trust_remote_code=True)       # exports of sentence-transformers teachers
     AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True, num_labels=2)
 
-Everything but the attention projections is transformers' own BERT.
+Everything but the attention projections is transformers' own BERT; config.json is a plain
+BertConfig with `attention_head_size`, and only the model classes are mapped to this file, so a
+tokenizer or config loads without running (or being asked about) remote code.
 """
 
 import contextlib
@@ -16,14 +19,6 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel
 from transformers.models.bert.modeling_bert import BertSelfAttention
 
 
-class AutoDistilBertConfig(BertConfig):
-  model_type = "autodistil_bert"
-
-  def __init__(self, attention_head_size=64, **kwargs):
-    super().__init__(**kwargs)
-    self.attention_head_size = attention_head_size
-
-
 class AutoDistilSelfAttention(BertSelfAttention):
   """BERT self-attention with Q/K/V of width heads * attention_head_size."""
 
@@ -31,7 +26,7 @@ class AutoDistilSelfAttention(BertSelfAttention):
     nn.Module.__init__(self)
     self.config = config
     self.num_attention_heads = config.num_attention_heads
-    self.attention_head_size = config.attention_head_size
+    self.attention_head_size = _head_size(config)
     self.all_head_size = self.num_attention_heads * self.attention_head_size
     self.scaling = self.attention_head_size**-0.5
     self.query = nn.Linear(config.hidden_size, self.all_head_size)
@@ -41,6 +36,12 @@ class AutoDistilSelfAttention(BertSelfAttention):
     self.is_decoder = config.is_decoder
     self.is_causal = is_causal
     self.layer_idx = layer_idx
+
+
+def _head_size(config) -> int:
+  """config.json is a plain BertConfig (so tokenizers and configs load without remote code) that
+  carries the heads' own size."""
+  return getattr(config, "attention_head_size", config.hidden_size // config.num_attention_heads)
 
 
 @contextlib.contextmanager
@@ -58,12 +59,12 @@ def _single_head(config):
 def _widen_attention(model, config):
   for i, layer in enumerate(model.encoder.layer):
     layer.attention.self = AutoDistilSelfAttention(config, layer_idx=i)
-    width = config.num_attention_heads * config.attention_head_size
+    width = config.num_attention_heads * _head_size(config)
     layer.attention.output.dense = nn.Linear(width, config.hidden_size)
 
 
 class AutoDistilBertModel(BertModel):
-  config_class = AutoDistilBertConfig
+  config_class = BertConfig
 
   def __init__(self, config, add_pooling_layer=True):
     with _single_head(config):
@@ -73,7 +74,7 @@ class AutoDistilBertModel(BertModel):
 
 
 class AutoDistilBertForSequenceClassification(BertForSequenceClassification):
-  config_class = AutoDistilBertConfig
+  config_class = BertConfig
 
   def __init__(self, config):
     with _single_head(config):
