@@ -15,7 +15,6 @@ from autodistil_jax.workdir import SUITE_FILES, write_text_atomic
 COLUMNS = (("params", "params", lambda v: f"{v / 1e6:.2f}M"), ("gflops", "GFLOPs", "{:.3f}".format),
            ("relation", "relation loss ↓", "{:.5f}".format), ("cka", "CKA", "{:.3f}".format),
            ("sts_spearman", "STS-B ρ", "{:.1f}".format))
-CARD_BEGIN, CARD_END = "<!-- autodistil-evaluation -->", "<!-- /autodistil-evaluation -->"
 
 
 def probe_tasks(rows: Sequence[dict]) -> list[str]:
@@ -74,24 +73,43 @@ def card_section(row: dict, others: Sequence[dict]) -> str:
   """The model card's evaluation section: this student's row, beside the teacher's and those of the
   same architecture sliced from the teacher (what SuperLM training added)."""
   rows = [row, *others]
-  return (f"{CARD_BEGIN}\n## Evaluation (task-agnostic suite, no fine-tuning)\n\n"
+  return ("## Evaluation (task-agnostic suite, no fine-tuning)\n\n"
           "Measured by autodistil_jax's `--mode=evaluate` (docs/evaluation.md of the project): the "
           "held-out relation-distillation loss to the teacher, linear CKA of final token states "
           "against the teacher's, zero-shot STS-B dev (Spearman of cosine similarities of pooled "
           "embeddings) and logistic-regression probes on frozen pooled features (GLUE dev metrics).\n\n"
-          f"{markdown_table(rows)}{CARD_END}\n")
+          f"{markdown_table(rows)}")
+
+
+def card_results(row: dict) -> list:
+  """The suite's numbers of one model as the Hub's model-index results (percent)."""
+  from huggingface_hub import EvalResult
+
+  from autodistil_jax import glue
+
+  results = [EvalResult(task_type="sentence-similarity", dataset_type="glue", dataset_config="stsb",
+                        dataset_name="GLUE STS-B", dataset_split="validation", metric_type="spearmanr",
+                        metric_name="Spearman, zero-shot cosine of pooled embeddings",
+                        metric_value=round(float(row["sts_spearman"]), 2))]
+  for name in probe_tasks([row]):
+    task = glue.get_task(name)
+    results.append(EvalResult(
+        task_type="text-classification", dataset_type="glue", dataset_config=name,
+        dataset_name=f"GLUE {task.directory}", dataset_split=task.dev_splits[0].replace("dev", "validation"),
+        metric_type=task.metrics[0] if len(task.metrics) == 1 else "+".join(task.metrics),
+        metric_name=f"{'/'.join(task.metrics)}, logistic-regression probe on frozen pooled features",
+        metric_value=round(float(row[f"probe_{name}"]), 2)))
+  return results
 
 
 def update_card(export_dir: Path, row: dict, others: Sequence[dict]) -> None:
-  """Puts (or replaces) the evaluation section in export_dir/README.md."""
+  """Puts (or replaces) the evaluation section and the suite's model-index results in
+  export_dir/README.md."""
+  from autodistil_jax import cards
+
   card = export_dir / "README.md"
-  text = card.read_text(encoding="utf-8") if card.is_file() else ""
-  section = card_section(row, others)
-  if CARD_BEGIN in text and CARD_END in text:
-    before, rest = text.split(CARD_BEGIN, 1)
-    text = before + section + rest.split(CARD_END, 1)[1].lstrip("\n")
-  else:
-    text = text.rstrip("\n") + "\n\n" + section
+  text = cards.put_results(cards.put_section(card, "evaluation", card_section(row, others)), "suite",
+                           card_results(row))
   write_text_atomic(card, text)
 
 

@@ -8,15 +8,16 @@ into a temporary sibling and renamed into place, so a failed export leaves nothi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
-from autodistil_jax import atomic, hf_io, storage
+from autodistil_jax import atomic, cards, hf_io, storage
 from autodistil_jax.checkpoints import nonfinite_leaves
-from autodistil_jax.model import BertEncoder, count_params, extract_student, get_params
-from autodistil_jax.search_space import Arch, exact_flops
+from autodistil_jax.model import BertEncoder, extract_student, get_params
+from autodistil_jax.search_space import Arch
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -54,19 +55,6 @@ def sentence_transformers_files(teacher_dir: Path, build: Path, hidden: int) -> 
   return None
 
 
-def _st_usage(trust: str) -> str:
-  return f"""
-As a sentence encoder (the teacher's pooling, adapted to the student's width):
-
-```python
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer(path{trust})
-embeddings = model.encode(["A sentence to embed.", "Another one."])
-```
-
-"""
-
-
 def readable_by_all(directory: Path) -> None:
   """Gives every file the mode the user's umask gives new files (some writers, safetensors among
   them, create theirs 0600, so other users could not read the weights)."""
@@ -76,59 +64,12 @@ def readable_by_all(directory: Path) -> None:
     path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def model_card(arch: Arch, student: BertEncoder, *, seq_len: int, teacher: str, subspace: str,
-               loss: float | None, remote_code: bool, sentence_transformers: bool = False) -> str:
-  c = student.config
-  flops = exact_flops(arch, seq_len, c.head_size, c.pooler)
-  trust = ", trust_remote_code=True" if remote_code else ""
-  loss_line = f"{loss:.6g}" if loss is not None else "not searched"
-  return f"""---
-library_name: transformers
-tags: [autodistil, bert, distillation]
----
-# AutoDistil student {arch.name}
-
-Sliced out of the `{subspace}` SuperLM trained by task-agnostic self-attention relation
-distillation from `{teacher}` (AutoDistil, Xu et al., NeurIPS 2022), with autodistil_jax.
-
-| | |
-|---|---|
-| layers L | {arch.layers} |
-| hidden H | {arch.hidden} |
-| MLP ratio R (FFN width) | {arch.mlp_ratio:g} ({arch.ffn}) |
-| heads A x head size | {arch.heads} x {c.head_size} (Q/K/V width {c.qkv_width}) |
-| parameters | {count_params(student):,} |
-| FLOPs per sequence of {seq_len} tokens | {flops / 1e9:.4f} G (2 per multiply-add) |
-| search loss (held-out relation distillation) | {loss_line} |
-| teacher | `{teacher}` |
-| sub-space | `{subspace}` |
-
-## Load
-
-```python
-from transformers import AutoModel, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained(path)
-model = AutoModel.from_pretrained(path{trust})
-```
-
-{_st_usage(trust) if sentence_transformers else ""}## Fine-tune
-
-The student is task-agnostic: add a task head and fine-tune, e.g.
-
-```python
-from transformers import AutoModelForSequenceClassification
-model = AutoModelForSequenceClassification.from_pretrained(path{trust}, num_labels=2)
-```
-
-or with autodistil_jax: `python launch/main.py --config=... --mode=finetune`. The paper fine-tunes
-with learning rate 2e-5, batch 32, up to 20 epochs, sequence length 128.
-"""
-
-
 def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, *,
                    teacher_dir: str | os.PathLike, teacher_name: str, subspace: str, seq_len: int,
-                   loss: float | None = None, overwrite: bool = False) -> Path:
-  """Slices `arch` out of `superlm` and writes it to `target` as an HF checkpoint."""
+                   selection: dict | None = None, overwrite: bool = False) -> Path:
+  """Slices `arch` out of `superlm` and writes it to `target` as an HF checkpoint (a
+  sentence-transformers model too when the teacher is one) with its model card. `selection`: the
+  search's row for the student (loss, budget), None when it was not searched."""
   target = storage.path(target)
   if target.exists() and not overwrite:
     raise FileExistsError(f"export target {target} already exists; remove it or pass --overwrite")
@@ -137,18 +78,23 @@ def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, 
     raise ValueError(f"student {arch.name} has non-finite weights in {', '.join(bad[:3])}: not exported; "
                      "retrain its SuperLM (--redo=train)")
   remote_code = student.config.qkv_width != student.config.hidden
+  teacher_dir = Path(teacher_dir)
+  teacher = dataclasses.replace(hf_io.read_config(teacher_dir), pooler=student.config.pooler)
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = atomic.temp_dir_for(target)
   try:
     with storage.local_folder(tmp) as build:
       hf_io.write_checkpoint(build, student.config, get_params(student))
       for name in TOKENIZER_FILES:
-        if (Path(teacher_dir) / name).is_file():
-          shutil.copy(Path(teacher_dir) / name, build / name)
-      no_st = sentence_transformers_files(Path(teacher_dir), build, arch.hidden)
-      (build / "README.md").write_text(model_card(
-          arch, student, seq_len=seq_len, teacher=teacher_name, subspace=subspace, loss=loss,
-          remote_code=remote_code, sentence_transformers=no_st is None))
+        if (teacher_dir / name).is_file():
+          shutil.copy(teacher_dir / name, build / name)
+      no_st = sentence_transformers_files(teacher_dir, build, arch.hidden)
+      card = cards.model_card(arch, student.config, teacher, teacher_name=teacher_name,
+                              teacher_dir=teacher_dir, subspace=subspace, seq_len=seq_len,
+                              selection=selection, remote_code=remote_code,
+                              sentence_transformers=no_st is None,
+                              location=str(target.absolute()) if storage.is_local(target) else str(target))
+      (build / "README.md").write_text(str(card), encoding="utf-8")
       readable_by_all(build)
     atomic.replace_dir(tmp, target)
   except BaseException:

@@ -196,8 +196,8 @@ def run_export(config: ml_collections.ConfigDict, wd: Workdir) -> list:
     if not wd.selected_file.is_file():
       raise FileNotFoundError(f"{wd.selected_file} not found: run --mode=search first, or give "
                               "config.export.arch and config.export.subspace")
-    wanted = {(r["subspace"], Arch.from_row(r)): r["loss"]
-              for r in json.loads(wd.selected_file.read_text()).values()}
+    wanted = {(r["subspace"], Arch.from_row(r)): {**r, "budget": budget}
+              for budget, r in json.loads(wd.selected_file.read_text()).items()}
   spaces = subspaces(config)
   for name, arch in wanted:
     spaces[name].check_arch(arch)
@@ -207,12 +207,12 @@ def run_export(config: ml_collections.ConfigDict, wd: Workdir) -> list:
                           "--config.export.overwrite=True")
   teacher = load_teacher(config)
   superlms = _superlms(config, wd, teacher, parallel.make_mesh(), dict.fromkeys(n for n, _ in wanted))
-  for ((name, arch), loss), target in zip(wanted.items(), targets, strict=True):
+  for ((name, arch), selection), target in zip(wanted.items(), targets, strict=True):
     if jax.process_index() == 0:
       export.export_student(superlms[name][0], arch, target,
                             teacher_dir=hf_io.resolve_checkpoint(config.teacher),
                             teacher_name=str(config.teacher), subspace=name,
-                            seq_len=config.data.seq_len, loss=loss, overwrite=e.overwrite)
+                            seq_len=config.data.seq_len, selection=selection, overwrite=e.overwrite)
       print(f"exported {name} {arch.name} -> {target}")
   return targets
 

@@ -36,7 +36,8 @@ def batch(teacher_dir):
 def test_export_loads_in_transformers_and_matches(superlm, teacher_dir, batch, tmp_path, arch, remote):
   from transformers import AutoModel, AutoModelForSequenceClassification
   target = export.export_student(superlm, arch, tmp_path / "student", teacher_dir=teacher_dir,
-                                 teacher_name="all-MiniLM-L6-v2", subspace="t", seq_len=128, loss=0.5)
+                                 teacher_name="all-MiniLM-L6-v2", subspace="t", seq_len=128,
+                                 selection={"loss": 0.5, "budget": "flops<=0.5*teacher"})
   assert (target / "modeling_autodistil.py").exists() == remote
   assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "README.md"} <= {
       p.name for p in target.iterdir()}
@@ -125,7 +126,16 @@ def test_export_is_a_sentence_transformer_that_pools_as_ours(superlm, teacher_di
   assert got.shape == (3, arch.hidden)
   np.testing.assert_allclose(got, want, atol=1e-5)
   card = (target / "README.md").read_text()
-  assert "SentenceTransformer(path" in card
+  assert "library_name: sentence-transformers" in card
+  assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
+  # The card's usage snippets run as written, without a prompt (stdin is closed under pytest).
+  blocks = [b.split("```", 1)[0] for b in card.split("```python\n")[1:]]
+  assert len(blocks) == 2
+  scope = {}
+  for block in blocks:
+    exec(block, scope)
+  assert scope["embeddings"].shape == (2, arch.hidden)
+  assert scope["outputs"].last_hidden_state.shape[-1] == arch.hidden
 
 
 def test_exported_files_follow_the_umask(superlm, teacher_dir, tmp_path):
