@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.export.subspace = ""  # with arch: export this student instead of the selected ones
   c.export.arch = ""  # "L,H,R,A", e.g. "4,96,3.0,8"
   c.export.overwrite = False
+  # "OWNER/NAME": upload each export to the Hub as OWNER/NAME-<subspace>-<arch> (token: HF_TOKEN).
+  c.export.push_to_hub = ""
+  c.export.private = False  # the repositories push_to_hub creates
 
   c.glue = ml_collections.ConfigDict()  # docs/paper.md §7
   c.glue.tasks = ("mnli", "qnli", "qqp", "sst2", "cola", "mrpc", "rte")

@@ -69,7 +69,11 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
   import huggingface_hub
   from huggingface_hub.errors import LocalEntryNotFoundError
 
-  patterns = ["config.json", "*.safetensors", "vocab.txt", "tokenizer*", "special_tokens_map.json"]
+  # The weights and tokenizer; the card (license) and sentence-transformers' files (pooling), which
+  # exports carry over.
+  patterns = ["config.json", "*.safetensors", "vocab.txt", "tokenizer*", "special_tokens_map.json",
+              "README.md", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+              "*_Pooling/*", "*_Normalize/*"]
   try:
     return Path(huggingface_hub.snapshot_download(name, allow_patterns=patterns))
   except LocalEntryNotFoundError as e:

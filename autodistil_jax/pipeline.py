@@ -17,6 +17,7 @@ from autodistil_jax import (
   finetune,
   glue,
   hf_io,
+  hub,
   parallel,
   proxy,
   records,
@@ -205,6 +206,8 @@ def run_export(config: ml_collections.ConfigDict, wd: Workdir) -> list:
   if (clashes := [str(t) for t in targets if t.exists()]) and not e.overwrite:
     raise FileExistsError(f"export targets exist: {', '.join(clashes)}; remove them or pass "
                           "--config.export.overwrite=True")
+  if e.push_to_hub:  # the repository ids and the token before any work
+    repos, token = hub.repo_ids(e.push_to_hub, [t.name for t in targets]), hub.token()
   teacher = load_teacher(config)
   superlms = _superlms(config, wd, teacher, parallel.make_mesh(), dict.fromkeys(n for n, _ in wanted))
   for ((name, arch), selection), target in zip(wanted.items(), targets, strict=True):
@@ -214,6 +217,8 @@ def run_export(config: ml_collections.ConfigDict, wd: Workdir) -> list:
                             teacher_name=str(config.teacher), subspace=name,
                             seq_len=config.data.seq_len, selection=selection, overwrite=e.overwrite)
       print(f"exported {name} {arch.name} -> {target}")
+      if e.push_to_hub:
+        print(f"  pushed to {hub.push(target, repos[target.name], token, e.private)}")
   return targets
 
 

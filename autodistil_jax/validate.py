@@ -136,14 +136,23 @@ def input_problems(config: ml_collections.ConfigDict, stages: Iterable[str]) -> 
       needs["search (proxy)"] = {proxy.ProxySettings.from_config(config).task.name}
     except ValueError as e:
       return [str(e)]
-  if not needs:
-    return []
-  if not config.data.glue_dir:
-    return [f"config.data.glue_dir is not set but {', '.join(sorted(needs))} read GLUE tasks from it: pass "
-            "--config.data.glue_dir=PATH (the GLUE TSV root, or tfds: for tensorflow-datasets)"]
-  if config.data.glue_dir.startswith(glue.TFDS_PREFIX):
-    return []  # tensorflow-datasets checks its own files when it reads them
   problems = []
+  if "export" in stages and config.export.push_to_hub:
+    from autodistil_jax import hub
+
+    try:
+      hub.repo_ids(config.export.push_to_hub, ["base-L1_H1_R1_A1"])
+      hub.token()
+    except ValueError as e:
+      problems.append(str(e))
+  if not needs:
+    return problems
+  if not config.data.glue_dir:
+    return problems + [f"config.data.glue_dir is not set but {', '.join(sorted(needs))} read GLUE tasks "
+                       "from it: pass --config.data.glue_dir=PATH (the GLUE TSV root, or tfds: for "
+                       "tensorflow-datasets)"]
+  if config.data.glue_dir.startswith(glue.TFDS_PREFIX):
+    return problems  # tensorflow-datasets checks its own files when it reads them
   for name in sorted(set().union(*needs.values())):
     try:
       task = glue.get_task(name)
