@@ -124,12 +124,38 @@ def put_section(card_path: Path, name: str, text: str) -> str:
 
 def put_results(content: str, source: str, results: Sequence[EvalResult]) -> str:
   """`content` with the model-index results of `source` (e.g. "suite", "glue") replaced by
-  `results`; the source is kept in each result's `source_name`."""
+  `results`. The source is the end of each result's metric name, "(source)": the Hub's
+  model-index keeps a result's source only with a URL, which these have not."""
   card = ModelCard(content)
-  kept = [r for r in (card.data.eval_results or []) if r.source_name != source]
+  tag = f"({source})"
+  kept = [r for r in (card.data.eval_results or []) if not (r.metric_name or "").endswith(tag)]
   for r in results:
-    r.source_name = source
+    r.metric_name = f"{r.metric_name} {tag}"
   card.data.eval_results = kept + list(results) or None
   if card.data.eval_results and not card.data.model_name:
     card.data.model_name = "autodistil-student"
   return str(card)
+
+
+def put_glue(card_path: Path, results: Sequence[dict], teacher: dict[str, dict]) -> str:
+  """The card's text with its GLUE fine-tuning section and model-index results (from the
+  fine-tuning stage's results.json of this model, and the teacher's beside them) put in place."""
+  from autodistil_jax import glue
+
+  lines = ["## GLUE (fine-tuned by autodistil_jax's `--mode=finetune`)", "",
+           "Dev scores, mean ± std over seeds, at the best learning rate of the grid; the teacher's "
+           "under the same protocol beside them.", "",
+           "| task | this student | teacher | training examples | seeds |", "|---|---|---|---|---|"]
+  evals = []
+  for r in results:
+    task = glue.get_task(r["task"])
+    theirs = f"{100 * teacher[r['task']]['score_mean']:.1f}" if r["task"] in teacher else "—"
+    lines.append(f"| {task.directory} | {100 * r['score_mean']:.1f} ± {100 * r['score_std']:.1f} | "
+                 f"{theirs} | {r['train_examples']} | {len(r['runs'])} |")
+    evals.append(EvalResult(
+        task_type="sentence-similarity" if task.is_regression else "text-classification",
+        dataset_type="glue", dataset_config=task.name,
+        dataset_name=f"GLUE {task.directory}", dataset_split=task.dev_splits[0].replace("dev", "validation"),
+        metric_type=task.metrics[0] if len(task.metrics) == 1 else "+".join(task.metrics),
+        metric_name=f"{'/'.join(task.metrics)}, fine-tuned", metric_value=round(100 * r["score_mean"], 2)))
+  return put_results(put_section(card_path, "glue", "\n".join(lines)), "glue", evals)

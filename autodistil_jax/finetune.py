@@ -279,7 +279,21 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
         write_text_atomic(out, json.dumps(result, indent=2) + "\n")
         print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
               f"(+-{100 * result['score_std']:.1f}, lr {result['best_lr']:g})")
+  if jax.process_index() == 0:
+    _update_cards(wd, [t.name for t in tasks])
   return write_summary(wd, list(models), [t.name for t in tasks])
+
+
+def _update_cards(wd: Workdir, tasks: Sequence[str]) -> None:
+  """Each export's card gets its GLUE results (section and model-index) beside the teacher's."""
+  from autodistil_jax import cards
+
+  read = lambda model, task: (json.loads(wd.glue_result(model, task).read_text())
+                              if wd.glue_result(model, task).is_file() else None)
+  teacher = {t: r for t in tasks if (r := read("teacher", t))}
+  for name, directory in wd.exports().items():
+    if results := [r for t in tasks if (r := read(name, t))]:
+      write_text_atomic(directory / "README.md", cards.put_glue(directory / "README.md", results, teacher))
 
 
 def _finetune_task(encoder, task: glue.Task, splits, tokenizer, config, mesh, model_name: str) -> dict:

@@ -1,5 +1,6 @@
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -148,3 +149,23 @@ def test_exported_files_follow_the_umask(superlm, teacher_dir, tmp_path):
   modes = {p.relative_to(target).as_posix(): p.stat().st_mode & 0o777 for p in target.rglob("*")}
   assert modes["model.safetensors"] == 0o644 and modes["1_Pooling"] == 0o755, modes
   assert set(modes.values()) <= {0o644, 0o755}
+
+
+@pytest.mark.slow  # torch training through transformers' Trainer
+def test_the_trainer_example_fine_tunes_an_export(superlm, teacher_dir, data_dir, tmp_path):
+  """docs/exports.md's Trainer example, run as written but for its four settings at the top."""
+  import re
+
+  target = export.export_student(superlm, S.Arch(2, 64, 2.0, 3), tmp_path / "student",
+                                 teacher_dir=teacher_dir, teacher_name="all-MiniLM-L6-v2", subspace="t",
+                                 seq_len=128)
+  doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "exports.md").read_text()
+  [example] = [b.split("```", 1)[0] for b in doc.split("```python\n")[1:] if "Trainer(" in b]
+  settings = {"export_dir": str(target), "glue_dir": str(data_dir / "glue"),
+              "output_dir": str(tmp_path / "trainer"), "max_steps": 3}
+  for name, value in settings.items():
+    example, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", example, flags=re.M)
+    assert count == 1, name
+  scope = {}
+  exec(compile(example, "docs/exports.md", "exec"), scope)
+  assert scope["trainer"].state.global_step == 3 and 0.0 <= scope["accuracy"] <= 1.0

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from huggingface_hub import ModelCard
 
 from autodistil_jax.workdir import Workdir
 
@@ -52,6 +53,10 @@ def test_train_search_export(data_dir, tmp_path):
   result = json.loads((Workdir(tmp_path).glue_result("teacher", "rte")).read_text())
   assert result["train_examples"] == 32 and 0 <= result["score_mean"] <= 1 and result["seconds"] > 0
   assert set(result["runs"][0]["best"]["dev"]) == {"accuracy"}
+  card = (Workdir(tmp_path).exports()[exported[0]] / "README.md").read_text()
+  assert card.count("## GLUE (fine-tuned") == 1 and "| RTE |" in card and "| STS-B |" in card
+  glue_results = [r for r in ModelCard(card).data.eval_results if r.metric_name.endswith("(glue)")]
+  assert sorted(r.dataset_config for r in glue_results) == ["rte", "stsb"]
 
   evaluated = _main(tmp_path, "evaluate", corpus, glue_dir)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -65,6 +70,9 @@ def test_train_search_export(data_dir, tmp_path):
   assert (Workdir(tmp_path).suite_file("png")).stat().st_size > 10_000
   card = (Workdir(tmp_path).exports()[exported[0]] / "README.md").read_text()
   assert card.count("## Evaluation (task-agnostic suite") == 1 and f"| {exported[0]} | searched |" in card
+  assert card.count("## GLUE (fine-tuned") == 1  # the suite's section sits beside fine-tuning's
+  sources = [r.metric_name.rsplit("(", 1)[1] for r in ModelCard(card).data.eval_results]
+  assert sources.count("glue)") == 2 and sources.count("suite)") == 2  # STS-B and the SST-2 probe
 
   again = _main(tmp_path, "evaluate", corpus, glue_dir)  # its card section is replaced, not repeated
   assert again.returncode == 0, again.stderr[-3000:]
