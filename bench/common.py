@@ -3,15 +3,17 @@ step, interleaved timing and exact FLOP counts."""
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
 from flax import nnx
 
 from autodistil_jax import data, distill, hf_io
@@ -138,16 +140,32 @@ def device_description() -> str:
   return f"{jax.device_count()} x {d.device_kind} ({d.platform}), jax {jax.__version__}"
 
 
-def parser(doc: str, batch: int, step_flags: bool = False) -> argparse.ArgumentParser:
-  """The flags every benchmark takes; `step_flags` adds those of the training step."""
-  p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--size", default="demo", choices=["demo", "paper"])
-  p.add_argument("--batch", type=int, default=batch)
-  p.add_argument("--seq_len", type=int, default=128)
-  p.add_argument("--corpus", default="", help="text file for real token ids (default: random ids)")
-  p.add_argument("--json", default="", help="also write the results to this file")
+def define_flags(batch: int, step_flags: bool = False) -> None:
+  """The flags every benchmark takes (absl, as launch/main.py); `step_flags` adds the training
+  step's. Call at import, before common.run parses the command line."""
+  flags.DEFINE_enum("size", "demo", ["demo", "paper"], "demo: all-MiniLM-L6-v2 and its sub-spaces; "
+                    "paper: a BERT-base-shaped teacher and the paper's sub-spaces")
+  flags.DEFINE_integer("batch", batch, "global batch size")
+  flags.DEFINE_integer("seq_len", 128, "sequence length")
+  flags.DEFINE_string("corpus", "", "text file for real token ids (default: random ids)")
+  flags.DEFINE_string("json", "", "also write the results to this file")
   if step_flags:
-    p.add_argument("--subspaces", default="tiny,small,base")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--student_batching", default="scan", choices=["scan", "vmap"])
-  return p
+    flags.DEFINE_string("subspaces", "tiny,small,base", "comma-separated sub-spaces")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "matmul compute dtype")
+    flags.DEFINE_enum("student_batching", "scan", ["scan", "vmap"], "how the sandwich students run")
+
+
+def args() -> SimpleNamespace:
+  """The benchmark's own flags (its script's and define_flags'), parsed, as attributes."""
+  mine = [f for module, fs in flags.FLAGS.flags_by_module_dict().items()
+          if module in (sys.argv[0], __name__, "__main__") for f in fs]
+  return SimpleNamespace(**{f.name: f.value for f in mine})
+
+
+def run(main: Callable[[], None]) -> None:
+  """absl's app.run for a main that takes no arguments: stray ones are a usage error."""
+  def entry(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    main()
+  app.run(entry)

@@ -10,17 +10,23 @@ Writes suite.md / suite.csv / suite.png and timing.json under --out.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from pathlib import Path
+
+import common
+from absl import flags
 
 from autodistil_jax import data, evaluate, evaluate_report, hf_io, measures
 from autodistil_jax.defaults import demo_config as get_config
 from autodistil_jax.model import extract_student, random_student
 from autodistil_jax.search_space import SubSpace, exact_flops
 
+flags.DEFINE_string("data_dir", None, "root holding glue/ and wikitext-2/")
+flags.DEFINE_string("out", None, "folder for the suite's table, plot and JSON")
+flags.DEFINE_integer("probe_train_examples", -1, "-1: the config's")
+flags.mark_flags_as_required(['data_dir', 'out'])
 
 def nearest_archs(config, teacher, fractions: tuple[float, ...]):
   """Per fraction, the demo student whose FLOPs are nearest that share of the teacher's."""
@@ -33,11 +39,7 @@ def nearest_archs(config, teacher, fractions: tuple[float, ...]):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--data_dir", required=True, help="root holding glue/ and wikitext-2/")
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--probe_train_examples", type=int, default=-1, help="-1: the config's")
-  args = parser.parse_args()
+  args = common.args()
   start = time.perf_counter()
   config = get_config()
   if args.probe_train_examples >= 0:
@@ -75,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

@@ -13,18 +13,33 @@ script resumes where it was stopped. --report_only prints the table from the cel
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+import common
 import ml_collections
 import numpy as np
+from absl import flags
 
 from autodistil_jax import data, finetune, glue, hf_io, parallel
 
+flags.DEFINE_string("data_dir", None, "GLUE TSV root")
+flags.DEFINE_string("out", None, "folder for one JSON per cell (resumable)")
+flags.DEFINE_string("teacher", "all-MiniLM-L6-v2", "the teacher fine-tuned on both sides")
+flags.DEFINE_string("tasks", "stsb,mrpc,rte,cola", "comma-separated GLUE tasks")
+flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
+flags.DEFINE_string("impls", "ours,torch", "which sides run: ours, torch")
+flags.DEFINE_float("learning_rate", 0.0001, "peak learning rate")
+flags.DEFINE_integer("batch_size", 32, "training batch size")
+flags.DEFINE_integer("epochs", 3, "training epochs")
+flags.DEFINE_float("warmup_ratio", 0.1, "share of the steps spent warming up")
+flags.DEFINE_integer("seq_len", 128, "maximum tokens per example")
+flags.DEFINE_integer("max_train", 0, "0: the full training set")
+flags.DEFINE_bool("report_only", False, "print the table from the cells so far, run nothing")
+flags.mark_flags_as_required(['data_dir', 'out'])
 
-def protocol(args: argparse.Namespace) -> ml_collections.ConfigDict:
+def protocol(args) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "batch_size": args.batch_size, "eval_batch_size": 128, "epochs": args.epochs,
       "warmup_ratio": args.warmup_ratio, "pad_multiple": 16, "dropout": 0.1,
@@ -112,21 +127,7 @@ def report(out: Path, tasks: list[str]) -> str:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--data_dir", required=True, help="GLUE TSV root")
-  parser.add_argument("--out", required=True, help="folder for one JSON per cell (resumable)")
-  parser.add_argument("--teacher", default="all-MiniLM-L6-v2")
-  parser.add_argument("--tasks", default="stsb,mrpc,rte,cola")
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--impls", default="ours,torch")
-  parser.add_argument("--learning_rate", type=float, default=1e-4)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--epochs", type=int, default=3)
-  parser.add_argument("--warmup_ratio", type=float, default=0.1)
-  parser.add_argument("--seq_len", type=int, default=128)
-  parser.add_argument("--max_train", type=int, default=0, help="0: the full training set")
-  parser.add_argument("--report_only", action="store_true")
-  args = parser.parse_args()
+  args = common.args()
   tasks = [glue.get_task(t).name for t in args.tasks.split(",")]
   out = Path(args.out)
   if not args.report_only:
@@ -158,4 +159,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

@@ -22,8 +22,11 @@ from autodistil_jax.model import get_params, init_superlm
 MIB = 1 << 20
 
 
+common.define_flags(batch=16, step_flags=True)
+
+
 def main():
-  args = common.parser(__doc__, batch=16, step_flags=True).parse_args()
+  args = common.args()
   teacher, spaces = common.teacher_and_subspaces(args.size)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(args.batch, mesh)
@@ -69,4 +72,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

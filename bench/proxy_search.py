@@ -19,23 +19,25 @@ from pathlib import Path
 import common
 import ml_collections
 import numpy as np
+from absl import flags
 
 from autodistil_jax import data, hf_io, parallel, proxy
 from autodistil_jax.defaults import base_config
 from autodistil_jax.model import init_superlm
 
+common.define_flags(batch=16)
+flags.DEFINE_string("glue_dir", None, "GLUE TSV root (the proxy task is read from it)")
+flags.DEFINE_string("task", "sst2", "the proxy GLUE task")
+flags.DEFINE_string("subspace", "base", "which sub-space's students are fine-tuned")
+flags.DEFINE_integer("students", 32, "a seeded sample of the sub-space")
+flags.DEFINE_integer("alone", 6, "of those, timed one by one (evenly spread)")
+flags.DEFINE_integer("steps", 20, "fine-tuning steps per student")
+flags.DEFINE_integer("dev_examples", 256, "dev examples each student is scored on")
+flags.DEFINE_integer("students_per_call", 0, "0: sized from free memory")
+flags.mark_flags_as_required(['glue_dir'])
 
 def main():
-  parser = common.parser(__doc__, batch=16)
-  parser.add_argument("--glue_dir", required=True, help="GLUE TSV root (the proxy task is read from it)")
-  parser.add_argument("--task", default="sst2")
-  parser.add_argument("--subspace", default="base")
-  parser.add_argument("--students", type=int, default=32, help="a seeded sample of the sub-space")
-  parser.add_argument("--alone", type=int, default=6, help="of those, timed one by one (evenly spread)")
-  parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--dev_examples", type=int, default=256)
-  parser.add_argument("--students_per_call", type=int, default=0, help="0: sized from free memory")
-  args = parser.parse_args()
+  args = common.args()
   teacher, spaces = common.teacher_and_subspaces(args.size)
   superlm = init_superlm(teacher, spaces[args.subspace])
   config = base_config()
@@ -79,4 +81,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

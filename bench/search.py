@@ -15,11 +15,17 @@ import time
 import common
 import jax
 import numpy as np
+from absl import flags
 from flax import nnx
 
 from autodistil_jax import distill, search
 from autodistil_jax.model import extract_student, get_params, init_superlm
 
+common.define_flags(batch=32)
+flags.DEFINE_string("subspace", "base", "which sub-space's students are scored")
+flags.DEFINE_integer("batches", 2, "held-out batches every student is scored on")
+flags.DEFINE_integer("students_per_call", 16, "students scored side by side per evaluator call")
+flags.DEFINE_integer("static_students", 12, "students timed one by one (evenly spread over the sub-space)")
 
 def static_scores(superlm, archs, teacher_logits, batches, loss: str) -> tuple[list[float], float]:
   """Each student sliced out and jitted on its own: (losses, seconds including compiles)."""
@@ -40,13 +46,7 @@ def static_scores(superlm, archs, teacher_logits, batches, loss: str) -> tuple[l
 
 
 def main():
-  parser = common.parser(__doc__, batch=32)
-  parser.add_argument("--subspace", default="base")
-  parser.add_argument("--batches", type=int, default=2, help="held-out batches every student is scored on")
-  parser.add_argument("--students_per_call", type=int, default=16)
-  parser.add_argument("--static_students", type=int, default=12,
-                      help="students timed one by one (evenly spread over the sub-space)")
-  args = parser.parse_args()
+  args = common.args()
   teacher, spaces = common.teacher_and_subspaces(args.size)
   space = spaces[args.subspace]
   superlm = init_superlm(teacher, space)
@@ -83,4 +83,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

@@ -15,6 +15,7 @@ import json
 import common
 import jax
 import jax.numpy as jnp
+from absl import flags
 from flax import nnx
 
 from autodistil_jax import parallel, train
@@ -24,6 +25,10 @@ from autodistil_jax.search_space import sandwich_sample
 # Dense bf16 peak of the accelerators we report MFU against (FLOP/s, no sparsity).
 PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12}
 
+
+common.define_flags(batch=16, step_flags=True)
+flags.DEFINE_integer("rounds", 5, "timing rounds per variant (medians reported)")
+flags.DEFINE_bool("mfu", False, "report MFU against the device's bf16 peak")
 
 def block(tree):
   return jax.block_until_ready(tree)
@@ -86,10 +91,7 @@ def bench_subspace(name, teacher, space, args) -> dict:
 
 
 def main():
-  parser = common.parser(__doc__, batch=16, step_flags=True)
-  parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--mfu", action="store_true", help="report MFU against the device's bf16 peak")
-  args = parser.parse_args()
+  args = common.args()
   teacher, spaces = common.teacher_and_subspaces(args.size)
   print(f"device: {common.device_description()}; size={args.size} batch={args.batch} seq_len={args.seq_len} "
         f"dtype={args.dtype} students={args.student_batching}")
@@ -110,4 +112,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

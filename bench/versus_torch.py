@@ -17,12 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
+from absl import flags
 from flax import nnx
 from transformers import BertConfig, BertModel
 
 from autodistil_jax import hf_io
 from autodistil_jax.model import get_params
 
+common.define_flags(batch=16)
+flags.DEFINE_string("model", "all-MiniLM-L6-v2",
+                    "HF BERT directory or name; a plain-BERT student export works too")
+flags.DEFINE_integer("rounds", 10, "timing rounds per side (medians reported)")
 
 def ours(encoder, batch, target, dropout: float, lr: float):
   graphdef = nnx.graphdef(encoder)
@@ -44,11 +49,7 @@ def ours(encoder, batch, target, dropout: float, lr: float):
 
 
 def main():
-  parser = common.parser(__doc__, batch=16)
-  parser.add_argument("--model", default="all-MiniLM-L6-v2",
-                      help="HF BERT directory or name; a plain-BERT student export works too")
-  parser.add_argument("--rounds", type=int, default=10)
-  args = parser.parse_args()
+  args = common.args()
   directory = hf_io.resolve_checkpoint(args.model)
   encoder = hf_io.load_bert(directory)
   c = encoder.config
@@ -107,4 +108,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)
