@@ -44,10 +44,13 @@ def costs(arch: Arch, config: EncoderConfig, seq_len: int) -> tuple[int, int]:
 
 def model_card(arch: Arch, student: EncoderConfig, teacher: EncoderConfig, *, teacher_name: str,
                teacher_dir: Path, subspace: str, seq_len: int, selection: dict | None,
-               remote_code: bool, sentence_transformers: bool, location: str) -> ModelCard:
+               remote_code: bool, sentence_transformers: bool, location: str,
+               settings: dict[str, str] | None = None, datasets: Sequence[str] = ()) -> ModelCard:
   """The card of a freshly exported student. `selection`: the search's row for it (its loss, and
   the budget it was chosen under), None for an arch given by hand or a baseline. `location`: where
-  the usage snippets load it from (the export's folder, or its Hub repository id)."""
+  the usage snippets load it from (the export's folder, or its Hub repository id). `settings`: how
+  it was made (sub-space, training, search), one table row each; `datasets`: Hub ids of the
+  transfer corpus, when it is one."""
   base = teacher_card(teacher_dir)
   data = ModelCardData(
       language=base.language, license=base.license,
@@ -55,7 +58,7 @@ def model_card(arch: Arch, student: EncoderConfig, teacher: EncoderConfig, *, te
       pipeline_tag="sentence-similarity" if sentence_transformers else "feature-extraction",
       tags=["autodistil", "bert", "distillation", "knowledge-distillation",
             *(["sentence-transformers"] if sentence_transformers else [])],
-      base_model=hub_id(teacher_name), model_name=f"{subspace}-{arch.name}")
+      base_model=hub_id(teacher_name), model_name=f"{subspace}-{arch.name}", datasets=list(datasets) or None)
   params, flops = costs(arch, student, seq_len)
   t_params, t_flops = costs(teacher.full_arch(), teacher, seq_len)
   trust = ", trust_remote_code=True" if remote_code else ""
@@ -79,7 +82,8 @@ task-agnostic self-attention relation distillation from it (AutoDistil, Xu et al
 | parameters | {params:,} ({params / t_params:.1%}) | {t_params:,} |
 | GFLOPs per sequence of {seq_len} tokens | {flops / 1e9:.4f} ({flops / t_flops:.1%}) | {t_flops / 1e9:.4f} |
 
-Sub-space `{subspace}`; made by `{shlex.join(["python", *sys.argv])}`.
+{_settings_table(subspace, settings or {})}
+Made by `{shlex.join(["python", *sys.argv])}`.
 
 ## Use
 
@@ -96,6 +100,11 @@ To fine-tune it on a task, load it with `AutoModelForSequenceClassification.from
 num_labels=2)` and train as any BERT (the paper: learning rate 2e-5, batch 32, sequence length 128).
 """
   return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _settings_table(subspace: str, settings: dict[str, str]) -> str:
+  rows = [("sub-space", f"`{subspace}`"), *settings.items()]
+  return "| how it was made | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
 def _st_usage(trust: str) -> str:
@@ -159,3 +168,25 @@ def put_glue(card_path: Path, results: Sequence[dict], teacher: dict[str, dict])
         metric_type=task.metrics[0] if len(task.metrics) == 1 else "+".join(task.metrics),
         metric_name=f"{'/'.join(task.metrics)}, fine-tuned", metric_value=round(100 * r["score_mean"], 2)))
   return put_results(put_section(card_path, "glue", "\n".join(lines)), "glue", evals)
+
+
+def settings(config, space, step: int) -> dict[str, str]:
+  """How a student of `space` was made under `config` (its SuperLM trained `step` steps), as rows
+  of its card."""
+  t, s = config.train, config.search
+  extra = f" + H-H relation x {t.hidden_relation_weight:g}" if t.hidden_relation_weight else ""
+  return {
+      "sub-space options": f"layers {list(space.layers)}, hidden {list(space.hidden)}, MLP ratio "
+                           f"{list(space.mlp_ratio)}, heads {list(space.heads)} "
+                           f"({len(space.enumerate())} students)",
+      "SuperLM training": f"{step} steps of batch {t.batch_size} x {config.data.seq_len} tokens, peak "
+                          f"learning rate {t.learning_rate:g}, relation loss `{t.loss}`{extra}",
+      "transfer corpus": f"`{config.data.corpus}`",
+      "search": f"by the {s.selection} score under {', '.join(f'`{b}`' for b in s.budgets)}",
+  }
+
+
+def hub_datasets(corpus: str) -> tuple[str, ...]:
+  """The corpus as Hub dataset ids where it names one (tfds:NAME), else none."""
+  items = [c.strip() for c in corpus.split(",")]
+  return tuple(c[len("tfds:"):].split("/")[0] for c in items if c.startswith("tfds:"))

@@ -66,10 +66,12 @@ def readable_by_all(directory: Path) -> None:
 
 def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, *,
                    teacher_dir: str | os.PathLike, teacher_name: str, subspace: str, seq_len: int,
-                   selection: dict | None = None, overwrite: bool = False) -> Path:
+                   selection: dict | None = None, settings: dict[str, str] | None = None,
+                   datasets: tuple[str, ...] = (), overwrite: bool = False) -> Path:
   """Slices `arch` out of `superlm` and writes it to `target` as an HF checkpoint (a
   sentence-transformers model too when the teacher is one) with its model card. `selection`: the
-  search's row for the student (loss, budget), None when it was not searched."""
+  search's row for the student (loss, budget), None when it was not searched; `settings` and
+  `datasets`: what the card says about how it was made (cards.model_card)."""
   target = storage.path(target)
   if target.exists() and not overwrite:
     raise FileExistsError(f"export target {target} already exists; remove it or pass --overwrite")
@@ -93,7 +95,8 @@ def export_student(superlm: BertEncoder, arch: Arch, target: str | os.PathLike, 
                               teacher_dir=teacher_dir, subspace=subspace, seq_len=seq_len,
                               selection=selection, remote_code=remote_code,
                               sentence_transformers=no_st is None,
-                              location=str(target.absolute()) if storage.is_local(target) else str(target))
+                              location=str(target.absolute()) if storage.is_local(target) else str(target),
+                              settings=settings, datasets=datasets)
       (build / "README.md").write_text(str(card), encoding="utf-8")
       readable_by_all(build)
     atomic.replace_dir(tmp, target)

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from autodistil_jax import (
+  cards,
   data,
   evaluate,
   export,
@@ -215,7 +216,9 @@ def run_export(config: ml_collections.ConfigDict, wd: Workdir) -> list:
       export.export_student(superlms[name][0], arch, target,
                             teacher_dir=hf_io.resolve_checkpoint(config.teacher),
                             teacher_name=str(config.teacher), subspace=name,
-                            seq_len=config.data.seq_len, selection=selection, overwrite=e.overwrite)
+                            seq_len=config.data.seq_len, selection=selection, overwrite=e.overwrite,
+                            settings=cards.settings(config, spaces[name], superlms[name][1]),
+                            datasets=cards.hub_datasets(config.data.corpus))
       print(f"exported {name} {arch.name} -> {target}")
       if e.push_to_hub:
         print(f"  pushed to {hub.push(target, repos[target.name], token, e.private)}")

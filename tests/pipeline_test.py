@@ -38,6 +38,9 @@ def test_train_search_export(data_dir, tmp_path):
   assert (Workdir(tmp_path).search_file("pareto")).stat().st_size > 10_000
   exported = sorted(Workdir(tmp_path).exports())
   assert exported and all(p.startswith("mini-L") for p in exported)
+  card = (Workdir(tmp_path).exports()[exported[0]] / "README.md").read_text()
+  assert "| SuperLM training | 5 steps of batch 8 x 32 tokens" in card and "| sub-space options |" in card
+  assert "under the budget `" in card and "library_name: sentence-transformers" in card
 
   again = _main(tmp_path, "export", corpus)  # an existing export is never overwritten silently
   assert again.returncode != 0 and "export targets exist" in again.stderr
@@ -127,7 +130,7 @@ def _check_proxy_search(workdir, corpus, glue_dir):
 @pytest.mark.parametrize("override,message", [
     ("--config.train.batch_sise=4", "batch_sise"),
     ("--config.data.seq_len=1024", "exceeds the teacher's max_position_embeddings"),
-    ("--config.train.hidden_relation_weight=-1.0", "hidden_relation_weight=-1.0: must be >= 0"),
+    ("--config.train.hidden_relation_weight=-1.0", "hidden_relation_weight=-1.0 must be a finite number"),
 ])
 def test_bad_configs_fail_with_one_line(data_dir, tmp_path, override, message):
   result = _main(tmp_path, "train", str(data_dir / "wikitext-2" / "valid.txt"), override)
