@@ -105,6 +105,7 @@ def main(argv):
     rows = evaluate.run_suite(subjects, suite)
     path.write_text(json.dumps({"rows": rows, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
     (out / "results.md").write_text(report(out, students, steps))
+    plot(out, students)
     print(f"[curves] {path.name}: " + ", ".join(f"{r['model']} STS-B {r['sts_spearman']:.1f}" for r in rows))
 
   scored(out / "sliced-0.json", [evaluate.Subject(f"sliced {k}", "sliced", extract_student(teacher, a))
@@ -125,14 +126,50 @@ def main(argv):
       scored(path, [evaluate.Subject(variant, "searched", superlm, list(students.values()),
                                      [f"{variant} {k}" for k in students])])
   (out / "results.md").write_text(report(out, students, steps))
-  print(f"[curves] {out / 'results.md'}")
+  plot(out, students)
+  print(f"[curves] {out / 'results.md'}, {out / 'curves.png'}")
+
+
+MEASURES = {"relation": "held-out relation loss (the paper's objective) ↓", "cka": "CKA to the teacher",
+            "sts_spearman": "zero-shot STS-B ρ", "probe_sst2": "SST-2 probe accuracy"}
+
+
+def plot(out: pathlib.Path, students: dict) -> None:
+  """curves.png: each measure against SuperLM steps (log scale), a line per student and variant,
+  its sliced initialisation drawn at step 0 as a dotted level."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  cells = {p.stem: json.loads(p.read_text())["rows"] for p in sorted(out.glob("*.json"))}
+  fig, axes = plt.subplots(1, len(MEASURES), figsize=(5 * len(MEASURES), 4.2), dpi=110)
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for ax, (key, label) in zip(axes, MEASURES.items(), strict=True):
+    for i, kind in enumerate(students):
+      colour = colours[i % len(colours)]
+      if "sliced-0" in cells:
+        ax.axhline(cells["sliced-0"][i].get(key, float("nan")), color=colour, linestyle=":", linewidth=1)
+      for style, variant in zip(("-", "--", "-.", (0, (3, 1, 1, 1, 1, 1))), VARIANTS, strict=True):
+        done = sorted((int(n.rsplit("-", 1)[1]), rows) for n, rows in cells.items()
+                      if n.rsplit("-", 1)[0] == variant)
+        if done:
+          ax.plot([s for s, _ in done], [rows[i].get(key, float("nan")) for _, rows in done], marker="o",
+                  color=colour, linestyle=style, label=f"{kind} ({variant})")
+    ax.set_xscale("log")
+    ax.set_xlabel("SuperLM training steps (dotted: sliced from the teacher)")
+    ax.set_title(label, fontsize=10)
+    ax.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out / "curves.png")
+  plt.close(fig)
 
 
 def report(out: pathlib.Path, students: dict, steps: list[int]) -> str:
   """Per student and measure: sliced, then each variant at each step (cells run so far)."""
   cells = {p.stem: json.loads(p.read_text())["rows"] for p in sorted(out.glob("*.json"))}
-  names = {"relation": "held-out relation loss (the paper's objective) ↓", "cka": "CKA to the teacher",
-           "sts_spearman": "zero-shot STS-B ρ", "probe_sst2": "SST-2 probe accuracy"}
+  names = MEASURES
   columns = [("sliced", 0)] + [(v, s) for v in VARIANTS for s in steps if f"{v}-{s}" in cells]
   lines = ["# Learning curves: students of the demo Base SuperLM against their sliced initialisation",
            "", "Command (resumes; cells run so far):", "", "```",
