@@ -84,7 +84,9 @@ class ProxySettings:
   def inputs(self) -> dict:
     """What a student's proxy score depends on besides its SuperLM (stored beside the scores)."""
     fields = dataclasses.asdict(self)
-    fields.pop("students_per_call")  # how many run side by side changes nothing that is computed
+    # Neither how many run side by side nor the sample's size changes a student's score.
+    fields.pop("students_per_call")
+    fields.pop("students")
     return {**fields, "task": self.task.name}
 
 
@@ -269,7 +271,7 @@ def score_students(superlm: BertEncoder, archs: Sequence[Arch], train: dict, dev
                    progress: Callable[[int], None] | None = None) -> dict[str, dict]:
   """arch name -> {"proxy_score": main GLUE score, **metrics} for every arch; those in `done` are
   kept, the rest fine-tuned `chunk` at a time, `save` called with everything after each chunk."""
-  scores = dict(done)
+  scores = {a.name: done[a.name] for a in archs if a.name in done}
   todo = [a for a in archs if a.name not in scores]
   if progress is not None:
     progress(len(archs) - len(todo))
@@ -334,12 +336,15 @@ def search(settings: ProxySettings, superlms: dict[str, tuple[BertEncoder, str, 
       if jax.process_index() == 0:
         write_text_atomic(path, json.dumps({"inputs": inputs, "scores": done}, indent=1) + "\n")
     done = load_done(path, inputs)
+    reused = sum(a.name in done for a in archs)
     start = time.perf_counter()
-    scores[name] = score_students(superlm, archs, train, dev, settings, mesh, chunks[name], done, save,
+    # Saved with every score kept so far, those of students outside this sample included.
+    save_all = lambda new, done=done, save=save: save({**done, **new})
+    scores[name] = score_students(superlm, archs, train, dev, settings, mesh, chunks[name], done, save_all,
                                   bar.update)
     wall = time.perf_counter() - start
-    fresh = len(archs) - len(done)
-    timing[name] = {"students": len(archs), "reused": len(done), "wall_s": wall,
+    fresh = len(archs) - reused
+    timing[name] = {"students": len(archs), "reused": reused, "wall_s": wall,
                     "students_per_s": fresh / wall if fresh else float("nan"),
                     "students_per_call": chunks[name]}
   bar.close()

@@ -113,7 +113,8 @@ def check_selection(selection: str, proxy_enabled: bool) -> str:
 
 def quality(row: dict, selection: str = "agnostic") -> float:
   """Higher is better: minus the held-out loss, or the proxy task's dev score."""
-  return -row["loss"] if selection == "agnostic" else row["proxy_score"]
+  # A student the proxy search did not score (a sample of the sub-space) cannot be chosen by it.
+  return -row["loss"] if selection == "agnostic" else row.get("proxy_score", float("nan"))
 
 
 def pareto_front(rows: Sequence[dict], cost: str = "flops", selection: str = "agnostic") -> list[dict]:

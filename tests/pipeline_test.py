@@ -125,6 +125,16 @@ def _check_proxy_search(workdir, corpus, glue_dir):
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads(Workdir(workdir).search_file("summary").read_text())["proxy"]["timing"]["mini"][
       "reused"] == 16
+  # A sample of the sub-space: its students' kept scores are reused, the others cannot be selected.
+  sample = _main(workdir, "search", corpus, *flags, "--config.search.proxy.students=5")
+  assert sample.returncode == 0, sample.stderr[-3000:]
+  with open(Workdir(workdir).search_file("results"), encoding="utf-8") as f:
+    scored = [r for r in csv.DictReader(f) if r["proxy_score"]]
+  assert len(scored) == 5
+  summary = json.loads(Workdir(workdir).search_file("summary").read_text())
+  assert summary["proxy"]["timing"]["mini"]["reused"] == 5
+  chosen = json.loads(Workdir(workdir).search_file("selected").read_text()).values()
+  assert {r["name"] for r in chosen} <= {r["name"] for r in scored}
 
 
 @pytest.mark.parametrize("override,message", [

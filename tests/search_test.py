@@ -64,6 +64,8 @@ def test_proxy_selection_picks_the_best_score_ties_to_the_lower_loss_and_never_a
   assert chosen["params<=24"]["name"] == "y"  # y and z tie at 0.8: y has the lower loss
   assert chosen["flops<=4"]["name"] == "v"  # w (NaN: it diverged) is never chosen
   assert search.select(rows, budgets)["flops<=4"]["name"] == "w"  # the agnostic search still can
+  del rows[4]["proxy_score"]  # v not scored (the proxy search ran on a sample): never chosen by it
+  assert search.select(rows, budgets, selection="proxy")["flops<=4"]["name"] == "y"
   assert search.check_selection("proxy", True) == "proxy"
   with pytest.raises(ValueError, match="selection='proxy' needs the proxy search"):
     search.check_selection("proxy", False)
