@@ -181,8 +181,11 @@ def _proxy_search(config, wd: Workdir, loaded, rows: list[dict], task, mesh) -> 
       row["proxy_score"] = scores[row["subspace"]][row["name"]]["proxy_score"]
   scored = [r for r in rows if "proxy_score" in r]
   tau = {n: proxy.kendall_tau([r for r in scored if r["subspace"] == n]) for n in loaded}
+  constant = proxy.constant_score(settings.task, dev["labels"])
   return {"task": settings.task.name, "students": len(scored), "timing": timing,
-          "kendall_tau": {**tau, "all": proxy.kendall_tau(scored)}, "settings": settings.inputs()}
+          "kendall_tau": {**tau, "all": proxy.kendall_tau(scored)}, "settings": settings.inputs(),
+          "constant_score": constant,  # one class predicted for everything
+          "at_constant": sum(r["proxy_score"] <= constant + 0.01 for r in scored)}
 
 
 def run_export(config: ml_collections.ConfigDict, wd: Workdir) -> list:

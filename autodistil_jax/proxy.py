@@ -297,6 +297,13 @@ def load_done(path, inputs: dict) -> dict[str, dict]:
   return {name: s for name, s in stored["scores"].items() if np.isfinite(s["proxy_score"])}
 
 
+def constant_score(task: glue.Task, dev_labels: np.ndarray) -> float:
+  """The best dev score of a model that predicts one class for everything: a student at or below
+  it has learnt nothing the proxy can rank it by."""
+  return max(glue.main_score(task, glue.compute_metrics(task, np.full(len(dev_labels), c), dev_labels))
+             for c in range(task.num_labels))
+
+
 def kendall_tau(rows: Sequence[dict]) -> float | None:
   """Agreement of the agnostic ranking (low loss first) with the proxy's (high score first), from
   -1 to 1; None where it is undefined (fewer than two students, or one ranking all ties)."""
@@ -345,7 +352,7 @@ def search(settings: ProxySettings, superlms: dict[str, tuple[BertEncoder, str, 
     wall = time.perf_counter() - start
     fresh = len(archs) - reused
     timing[name] = {"students": len(archs), "reused": reused, "wall_s": wall,
-                    "students_per_s": fresh / wall if fresh else float("nan"),
+                    "students_per_s": fresh / wall if fresh else None,
                     "students_per_call": chunks[name]}
   bar.close()
   return scores, timing

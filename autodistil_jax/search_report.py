@@ -41,9 +41,10 @@ def write_outputs(directory, rows: list[dict], selected: dict[str, dict], budget
                  f"{sum(t['wall_s'] for t in proxy['timing'].values()):.1f} s; Kendall's tau against "
                  "the agnostic ranking: "
                  + ", ".join(f"{n} {_tau(t)}" for n, t in proxy["kendall_tau"].items()))
-    if len({r["proxy_score"] for r in rows if "proxy_score" in r}) == 1:
-      lines.append("  warning: every student scored the same on the proxy task, so it cannot rank them; "
-                   "give it more config.search.proxy.steps (or another task)")
+    if proxy["at_constant"] * 2 > proxy["students"]:
+      lines.append(f"  warning: {proxy['at_constant']} of {proxy['students']} students score no better "
+                   f"than predicting one class ({100 * proxy['constant_score']:.1f}): the proxy cannot "
+                   "rank them; give it more config.search.proxy.steps (or another task)")
   lines.append(f"selected by the {selection} search:")
   lines += [f"  {b}: {r['name']} ({r['subspace']}) loss {r['loss']:.4g}"
             + (f", proxy {100 * r['proxy_score']:.1f}" if "proxy_score" in r else "")

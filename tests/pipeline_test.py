@@ -116,8 +116,10 @@ def _check_proxy_search(workdir, corpus, glue_dir):
   summary = json.loads(Workdir(workdir).search_file("summary").read_text())
   assert summary["selection"] == "proxy" and set(summary["pareto_front"]) == {"agnostic", "proxy"}
   tau = summary["proxy"]["kendall_tau"]["all"]
-  assert summary["proxy"]["task"] == "sst2" and (-1 <= tau <= 1 if tau is not None else
-                                                 "every student scored the same" in proxied.stdout)
+  assert summary["proxy"]["task"] == "sst2" and (tau is None or -1 <= tau <= 1)
+  # 3 steps of batch 8 teach these students nothing: the search says so.
+  assert summary["proxy"]["at_constant"] > 8
+  assert f"{summary['proxy']['at_constant']} of 16 students score no better" in proxied.stdout
   for budget, row in json.loads(Workdir(workdir).search_file("selected").read_text()).items():
     limit, metric = row["budget_limit"], budget.split("<=")[0]
     assert row["proxy_score"] == max(float(r["proxy_score"]) for r in rows if float(r[metric]) <= limit)

@@ -109,3 +109,10 @@ def test_kendall_tau_is_positive_when_lower_loss_means_higher_score_and_undefine
   assert proxy.kendall_tau([{**r, "proxy_score": 0.1 * i} for i, r in enumerate(rows)]) == pytest.approx(-1.0)
   assert proxy.kendall_tau([{**r, "proxy_score": 0.5} for r in rows]) is None
   assert proxy.kendall_tau(rows[:1]) is None
+
+
+def test_the_constant_score_is_the_best_single_class_prediction():
+  sst2, cola = proxy.glue.get_task("sst2"), proxy.glue.get_task("cola")
+  labels = np.array([0, 1, 1, 1])
+  assert proxy.constant_score(sst2, labels) == pytest.approx(0.75)
+  assert proxy.constant_score(cola, labels) == 0.0  # MCC of a constant
