@@ -6,6 +6,8 @@ import pathlib
 
 import pytest
 
+from autodistil_jax.workdir import Workdir
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -27,5 +29,5 @@ def test_the_notebook_runs_every_cell(data_dir, tmp_path):
   assert any("cpu" in text.lower() for text in outputs.values())  # jax.devices()
   last = outputs[max(outputs)]
   assert "export" in last and "(2, " in last  # an export loaded; two sentence embeddings
-  assert (tmp_path / "run" / "glue" / "summary.md").is_file()
-  assert json.loads((tmp_path / "run" / "search" / "selected.json").read_text())
+  run = Workdir(tmp_path / "run")
+  assert run.glue_summary().is_file() and json.loads(run.selected_file.read_text())

@@ -189,17 +189,16 @@ def test_five_sigkills_one_during_a_checkpoint_write(teacher, corpus, corpus_pat
 
 def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written(data_dir, tmp_path):
   """A file-size limit (RLIMIT_FSIZE) makes every write past 64 KiB fail as a full disk would."""
-  import resource
-
-  def limit():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-
   root, workdir = pathlib.Path(__file__).resolve().parents[1], tmp_path / "work"
+  # The limit is set by a small launcher that then execs the command (a preexec_fn would fork this
+  # multithreaded process).
+  limited = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
+             "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
   result = subprocess.run(
-      [sys.executable, str(root / "launch" / "main.py"), f"--config={root}/tests/configs/tiny_test.py",
-       f"--workdir={workdir}", "--mode=train",
+      [sys.executable, "-c", limited, str(root / "launch" / "main.py"),
+       f"--config={root}/tests/configs/tiny_test.py", f"--workdir={workdir}", "--mode=train",
        f"--config.data.corpus={data_dir / 'wikitext-2' / 'valid.txt'}"],
-      cwd=root, capture_output=True, text=True, timeout=600, preexec_fn=limit)
+      cwd=root, capture_output=True, text=True, timeout=600)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and "data_cache/corpus_" in errors[0] and "run the same command again" in errors[0]
