@@ -32,7 +32,7 @@ from autodistil_jax.model import (
   get_params,
   random_student,
 )
-from autodistil_jax.search_space import Arch, Vocab, exact_flops, exact_params
+from autodistil_jax.search_space import Arch, Vocab, arch_table, exact_flops, exact_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,12 +196,8 @@ def _arch_table(subject: Subject, chunk: int) -> list[np.ndarray]:
   """The subject's archs as [chunk, 4] int32 tables, the last one padded by repetition."""
   if subject.archs is None:
     return [subject.model.config.full_arch().as_array()[None]]
-  table = np.stack([a.as_array() for a in subject.archs])
-  out = []
-  for start in range(0, len(table), chunk):
-    rows = table[start:start + chunk]
-    out.append(np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows), 0)]))
-  return out
+  archs = list(subject.archs)
+  return [arch_table(archs[start:start + chunk], chunk) for start in range(0, len(archs), chunk)]
 
 
 def _widths(subject: Subject) -> list[int]:

@@ -52,6 +52,23 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, warmup: int =
   return lambda step: learning_rate_at(step, learning_rate, warmup, total_steps)
 
 
+def schedule_values(mesh: jax.sharding.Mesh, learning_rate: float, total_steps: int,
+                    warmup_ratio: float) -> jax.Array:
+  """The (peak, warmup steps, total steps) a train step takes as values, on every device."""
+  warmup = warmup_steps(total_steps, warmup_ratio)
+  return parallel.replicate(mesh, jnp.asarray([learning_rate, warmup, total_steps], jnp.float32))
+
+
+def predict_all(predict, params, features: dict[str, np.ndarray], batch_size: int, pad_multiple: int,
+                mesh: jax.sharding.Mesh, *args) -> np.ndarray:
+  """`predict(params, batch, *args)` over every example of `features`, its last axis the examples.
+  Every batch is dispatched before any result is fetched: the host never waits per batch."""
+  pending = [(predict(params, parallel.global_batch_from_full(mesh, b), *args), n)
+             for b, n in batches(features, batch_size, drop_last=False, pad_multiple=pad_multiple)]
+  fetched = jax.device_get([p for p, _ in pending])
+  return np.concatenate([np.asarray(f)[..., :n] for f, (_, n) in zip(fetched, pending, strict=True)], -1)
+
+
 def make_optimizer() -> optax.GradientTransformation:
   """AdamW without weight decay; its learning rate is set each step from learning_rate_at."""
   return optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8,
@@ -157,8 +174,7 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
   total = steps_per_epoch * cfg.epochs
   optimizer, train_step, predict = make_functions(
       encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh)
-  schedule = parallel.replicate(mesh, jnp.asarray(
-      [learning_rate, warmup_steps(total, cfg.warmup_ratio), total], jnp.float32))
+  schedule = schedule_values(mesh, learning_rate, total, cfg.warmup_ratio)
   params = {"encoder": get_params(encoder),
             "head": init_head(encoder.config.hidden, task.num_labels, seed)}
   # A copy: the step donates its parameters, and the encoder's own arrays must survive this run.
@@ -179,13 +195,8 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
       bar.update(1)
     scores = {}
     for split, features in dev.items():
-      # Every batch is dispatched before any result is fetched: the host never waits per batch.
-      pending = [(predict(params, parallel.global_batch_from_full(mesh, b)), n)
-                 for b, n in batches(features, cfg.eval_batch_size, drop_last=False,
-                                     pad_multiple=cfg.pad_multiple)]
-      fetched = jax.device_get([p for p, _ in pending])
-      preds = [np.asarray(f)[:n] for f, (_, n) in zip(fetched, pending, strict=True)]
-      scores[split] = glue.compute_metrics(task, np.concatenate(preds), features["labels"])
+      preds = predict_all(predict, params, features, cfg.eval_batch_size, cfg.pad_multiple, mesh)
+      scores[split] = glue.compute_metrics(task, preds, features["labels"])
     epochs.append(scores)
     score = glue.main_score(task, next(iter(scores.values())))
     if score > best_score:

@@ -26,7 +26,7 @@ from flax import nnx
 
 from autodistil_jax import finetune, glue, parallel
 from autodistil_jax.model import BertEncoder, EncoderConfig, get_params, param_shapes
-from autodistil_jax.search_space import Arch
+from autodistil_jax.search_space import Arch, arch_table
 
 # GLUE's classification tasks, largest training set first: the default proxy is the first present.
 _BY_SIZE = ("mnli", "qqp", "qnli", "sst2", "cola", "mrpc", "rte", "wnli")
@@ -205,32 +205,34 @@ def make_program(superlm_config: EncoderConfig, task: glue.Task, dropout: float,
           jax.jit(predict, in_shardings=(rep, data, rep), out_shardings=rep))
 
 
+def _train(train_step, params, opt_state, train: dict, settings: ProxySettings, mesh: jax.sharding.Mesh,
+           *args) -> tuple[dict, np.ndarray]:
+  """`settings.steps` steps of `train_step(params, opt_state, batch, rng, schedule, *args)` on
+  training_batches; (final parameters, the losses, one row per step)."""
+  schedule = finetune.schedule_values(mesh, settings.learning_rate, settings.steps, settings.warmup_ratio)
+  key, losses = jax.random.key(settings.seed), []
+  for step, batch in enumerate(training_batches(train, settings)):
+    params, opt_state, loss = train_step(params, opt_state, parallel.global_batch_from_full(mesh, batch),
+                                         jax.random.fold_in(key, step), schedule, *args)
+    losses.append(loss)  # fetched once, after the last step: the host never waits per step
+  return params, np.stack(jax.device_get(losses))
+
+
 def finetune_chunk(superlm: BertEncoder, archs: Sequence[Arch], train: dict, dev: dict,
                    settings: ProxySettings, mesh: jax.sharding.Mesh,
                    chunk: int) -> tuple[list[dict], np.ndarray]:
   """(GLUE metrics on dev of each of `archs`, their training losses [steps, len(archs)]) after
   fine-tuning each from the SuperLM's weights; at most `chunk` archs, the call padded to `chunk`
   with copies of the last."""
-  table = np.stack([a.as_array() for a in archs])
-  table = parallel.replicate(mesh, np.concatenate([table, np.repeat(table[-1:], chunk - len(table), 0)]))
+  table = parallel.replicate(mesh, arch_table(archs, chunk))
   start, train_step, predict = make_program(superlm.config, settings.task, settings.dropout,
                                             settings.attention_dropout, mesh, chunk)
   head = finetune.init_head(superlm.config.hidden, settings.task.num_labels, settings.seed)
   params, opt_state = start(parallel.replicate(mesh, {"encoder": get_params(superlm), "head": head}))
-  schedule = parallel.replicate(mesh, jnp.asarray(
-      [settings.learning_rate, finetune.warmup_steps(settings.steps, settings.warmup_ratio),
-       settings.steps], jnp.float32))
-  key, losses = jax.random.key(settings.seed), []
-  for step, batch in enumerate(training_batches(train, settings)):
-    params, opt_state, loss = train_step(params, opt_state, parallel.global_batch_from_full(mesh, batch),
-                                         jax.random.fold_in(key, step), schedule, table)
-    losses.append(loss)  # fetched once, after the last step: the host never waits per step
-  pending = [(predict(params, parallel.global_batch_from_full(mesh, b), table), n)
-             for b, n in finetune.batches(dev, settings.eval_batch_size, drop_last=False,
-                                          pad_multiple=settings.pad_multiple)]
-  preds = np.concatenate([np.asarray(p)[:, :n] for p, n in zip(jax.device_get([p for p, _ in pending]),
-                                                               [n for _, n in pending], strict=True)], 1)
-  losses = np.stack(jax.device_get(losses))[:, :len(archs)]
+  params, losses = _train(train_step, params, opt_state, train, settings, mesh, table)
+  preds = finetune.predict_all(predict, params, dev, settings.eval_batch_size, settings.pad_multiple, mesh,
+                               table)
+  losses = losses[:, :len(archs)]
   finite = np.isfinite(losses).all(0)
   # A student whose loss went non-finite scores NaN: never selected, never kept (load_done).
   return [glue.compute_metrics(settings.task, preds[i], dev["labels"]) if finite[i]
@@ -251,18 +253,9 @@ def finetune_alone(superlm: BertEncoder, arch: Arch, train: dict, dev: dict, set
   params = {"encoder": jax.tree.map(jnp.array, get_params(student)),
             "head": {"kernel": head["kernel"][:arch.hidden], "bias": head["bias"]}}
   params, opt_state = parallel.replicate(mesh, params), parallel.replicate(mesh, optimizer.init(params))
-  schedule = parallel.replicate(mesh, jnp.asarray(
-      [settings.learning_rate, finetune.warmup_steps(settings.steps, settings.warmup_ratio),
-       settings.steps], jnp.float32))
-  key, losses = jax.random.key(settings.seed), []
-  for step, batch in enumerate(training_batches(train, settings)):
-    params, opt_state, loss = train_step(params, opt_state, parallel.global_batch_from_full(mesh, batch),
-                                         jax.random.fold_in(key, step), schedule)
-    losses.append(loss)
-  preds = np.concatenate([np.asarray(predict(params, parallel.global_batch_from_full(mesh, b)))[:n]
-                          for b, n in finetune.batches(dev, settings.eval_batch_size, drop_last=False,
-                                                       pad_multiple=settings.pad_multiple)])
-  return glue.compute_metrics(settings.task, preds, dev["labels"]), np.asarray(jax.device_get(losses))
+  params, losses = _train(train_step, params, opt_state, train, settings, mesh)
+  preds = finetune.predict_all(predict, params, dev, settings.eval_batch_size, settings.pad_multiple, mesh)
+  return glue.compute_metrics(settings.task, preds, dev["labels"]), losses
 
 
 def score_students(superlm: BertEncoder, archs: Sequence[Arch], train: dict, dev: dict,
@@ -339,15 +332,15 @@ def search(settings: ProxySettings, superlms: dict[str, tuple[BertEncoder, str, 
   scores, timing = {}, {}
   for name, (superlm, identity, archs) in superlms.items():
     inputs, path = {**settings.inputs(), "superlm": identity}, store(name)
-    def save(done, inputs=inputs, path=path):
-      if jax.process_index() == 0:
-        write_text_atomic(path, json.dumps({"inputs": inputs, "scores": done}, indent=1) + "\n")
     done = load_done(path, inputs)
+
+    def save(new, inputs=inputs, path=path, done=done):
+      # Every score kept so far, those of students outside this sample included.
+      if jax.process_index() == 0:
+        write_text_atomic(path, json.dumps({"inputs": inputs, "scores": {**done, **new}}, indent=1) + "\n")
     reused = sum(a.name in done for a in archs)
     start = time.perf_counter()
-    # Saved with every score kept so far, those of students outside this sample included.
-    save_all = lambda new, done=done, save=save: save({**done, **new})
-    scores[name] = score_students(superlm, archs, train, dev, settings, mesh, chunks[name], done, save_all,
+    scores[name] = score_students(superlm, archs, train, dev, settings, mesh, chunks[name], done, save,
                                   bar.update)
     wall = time.perf_counter() - start
     fresh = len(archs) - reused

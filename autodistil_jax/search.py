@@ -20,7 +20,14 @@ from flax import nnx
 
 from autodistil_jax import distill
 from autodistil_jax.model import BertEncoder, extract_student, get_params
-from autodistil_jax.search_space import Arch, Vocab, exact_flops, exact_params, paper_flops
+from autodistil_jax.search_space import (
+  Arch,
+  Vocab,
+  arch_table,
+  exact_flops,
+  exact_params,
+  paper_flops,
+)
 
 METRICS = ("flops", "params", "paper_flops", "latency_ms")
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -86,15 +93,14 @@ def score_students(evaluator: Callable, params, teacher_logits: Sequence, batche
                    archs: Sequence[Arch], chunk: int, progress: Callable[[int], None] | None = None,
                    ) -> np.ndarray:
   """Mean held-out loss of every arch, `chunk` students per call (the last chunk padded)."""
-  table = np.stack([a.as_array() for a in archs])
   totals = []
-  for start in range(0, len(table), chunk):
-    rows = table[start:start + chunk]
-    padded = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows), 0)])
+  for start in range(0, len(archs), chunk):
+    part = archs[start:start + chunk]
+    padded = arch_table(part, chunk)
     acc = sum(evaluator(params, t, b, padded) for t, b in zip(teacher_logits, batches, strict=True))
-    totals.append(np.asarray(acc)[:len(rows)] / len(batches))
+    totals.append(np.asarray(acc)[:len(part)] / len(batches))
     if progress is not None:
-      progress(len(rows))
+      progress(len(part))
   return np.concatenate(totals)
 
 

@@ -269,3 +269,10 @@ def paper_params(arch: Arch, vocab_size: int = 30522) -> float:
   L, H, R, A = arch.layers, arch.hidden, arch.mlp_ratio, arch.heads
   return (H * (vocab_size + 512 + 2 + 2) + L * (H**2 + 3 * H**2 * A / 12 + 6 * H)
           + L * (2 * R * H**2 + R * H + 3 * H) + H**2 + 2 * H)
+
+
+def arch_table(archs: Sequence[Arch], size: int) -> np.ndarray:
+  """[size, 4] int32 rows of `archs` (at most `size` of them), padded by repeating the last: every
+  call of a vmapped program gets one shape, whatever the number of students in it."""
+  rows = np.stack([a.as_array() for a in archs])
+  return np.concatenate([rows, np.repeat(rows[-1:], size - len(rows), 0)])
