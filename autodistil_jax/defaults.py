@@ -78,7 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.proxy.attention_dropout = 0.1
   c.search.proxy.dev_examples = 0  # 0: the whole first dev split; else a seeded subset
   c.search.proxy.students = 0  # 0: every student of each sub-space; N: a seeded sample of N (CPU runs)
-  c.search.proxy.students_per_call = 0  # fine-tuned side by side; 0: as many as fit in memory
+  c.search.proxy.students_per_call = 0  # fine-tuned in one call; 0: as many as fit in memory
+  # How the students of a call run: "vmap" side by side, "map" one after another (layers past a
+  # student's depth skipped for real), "auto": map on CPU, vmap on accelerators (proxy.py).
+  c.search.proxy.student_batching = "auto"
 
   c.export = ml_collections.ConfigDict()
   c.export.subspace = ""  # with arch: export this student instead of the selected ones

@@ -156,6 +156,8 @@ class _Group(nnx.Module):
     return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
 
 
+# The named scopes (here and in train.py) only label ops in profiles (bench/profile_step.py).
+@jax.named_scope("layer_norm")
 def _layer_norm(x, scale, bias, eps, mask=None, count=None):
   """LayerNorm in fp32; with a mask, statistics use only the first `count` units.
 
@@ -180,6 +182,7 @@ def _dropout(x, rate: float, rng):
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+@jax.named_scope("attention")
 def attention(q, k, v, key_mask, dropout_rate: float = 0.0, rng=None):
   """Scaled dot-product attention over [B, T, heads, head_size]; `key_mask` is [B, 1, 1, T].
 

@@ -8,6 +8,11 @@ past its width gets zero gradient and so never moves, which makes a student fine
 student extracted and fine-tuned alone (tests/proxy_test.py). Every student of every sub-space sees
 the same batches in the same order. Students go through in chunks sized to the device's memory
 (`students_per_call`); scores are kept after every chunk, so a stopped search resumes.
+
+The students of a call run side by side (`student_batching="vmap"`: large kernels, which an
+accelerator needs to be busy) or one after another inside the same program ("map", lax.map: each
+student skips the layers past its depth for real, where vmap turns that skip into a select; on a
+CPU, where arithmetic dominates, that is the faster one). "auto" picks map on CPU, vmap elsewhere.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from autodistil_jax.search_space import Arch, arch_table
 _BY_SIZE = ("mnli", "qqp", "qnli", "sst2", "cola", "mrpc", "rte", "wnli")
 # Share of the free memory the students of one call may take (the rest: XLA's own buffers).
 _MEMORY_SHARE = 0.6
+_BATCHING = ("auto", "vmap", "map")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +56,7 @@ class ProxySettings:
   dev_examples: int
   students: int
   students_per_call: int
+  student_batching: str
   seed: int
 
   @classmethod
@@ -67,7 +74,9 @@ class ProxySettings:
         ("attention_dropout", 0 <= p.attention_dropout < 1, "in [0, 1)"),
         ("dev_examples", p.dev_examples >= 0, "0 (all) or more"),
         ("students", p.students >= 0, "0 (every student) or more"),
-        ("students_per_call", p.students_per_call >= 0, "0 (as many as fit) or more")) if not ok]
+        ("students_per_call", p.students_per_call >= 0, "0 (as many as fit) or more"),
+        ("student_batching", p.student_batching in _BATCHING, f"one of {', '.join(_BATCHING)}"))
+        if not ok]
     if problems:
       raise ValueError("; ".join(problems))
     if not config.data.glue_dir:
@@ -79,14 +88,15 @@ class ProxySettings:
                        "search ranks students by a classification task's dev score")
     return cls(task, p.steps, float(p.learning_rate), p.batch_size, p.eval_batch_size,
                float(p.warmup_ratio), p.seq_len, p.pad_multiple, float(p.dropout),
-               float(p.attention_dropout), p.dev_examples, p.students, p.students_per_call, config.seed)
+               float(p.attention_dropout), p.dev_examples, p.students, p.students_per_call,
+               p.student_batching, config.seed)
 
   def inputs(self) -> dict:
     """What a student's proxy score depends on besides its SuperLM (stored beside the scores)."""
     fields = dataclasses.asdict(self)
-    # Neither how many run side by side nor the sample's size changes a student's score.
-    fields.pop("students_per_call")
-    fields.pop("students")
+    # Neither how many run in a call, nor how, nor the sample's size changes a student's score.
+    for key in ("students_per_call", "student_batching", "students"):
+      fields.pop(key)
     return {**fields, "task": self.task.name}
 
 
@@ -138,14 +148,21 @@ def training_batches(train: dict[str, np.ndarray], settings: ProxySettings) -> I
 
 # --- memory ---------------------------------------------------------------------------------------
 
-def bytes_per_student(c: EncoderConfig, num_labels: int, rows_per_device: int, seq_len: int) -> int:
-  """What one student adds to a call: its parameters, gradients and two AdamW moments (fp32, plus
-  one update's temporaries), and the activations its backward pass keeps."""
+def student_bytes(c: EncoderConfig, num_labels: int, rows_per_device: int, seq_len: int) -> tuple[int, int]:
+  """(what each student of a call holds: its fp32 parameters, gradients, two AdamW moments and one
+  update's temporaries; the activations one student's backward pass keeps)."""
   params = sum(int(np.prod(shape)) for group in param_shapes(c).values() for shape in group.values())
   params += (c.hidden + 1) * num_labels
   per_token_layer = 12 * c.hidden + 3 * c.ffn + 3 * c.heads * seq_len + 4 * c.qkv_width
   activations = c.max_layers * rows_per_device * seq_len * per_token_layer
-  return 4 * (5 * params + activations)
+  return 4 * 5 * params, 4 * activations
+
+
+def student_batching(settings: ProxySettings, mesh: jax.sharding.Mesh) -> str:
+  """"vmap" or "map", with "auto" resolved for the mesh's devices (map on CPU: module docstring)."""
+  if settings.student_batching != "auto":
+    return settings.student_batching
+  return "map" if mesh.devices.flat[0].platform == "cpu" else "vmap"
 
 
 def free_bytes(device: jax.Device) -> int:
@@ -159,23 +176,26 @@ def free_bytes(device: jax.Device) -> int:
 
 def students_per_call(settings: ProxySettings, superlm_config: EncoderConfig, students: int,
                       mesh: jax.sharding.Mesh, free: int | None = None) -> int:
-  """How many students one call fine-tunes side by side: as many as fit in _MEMORY_SHARE of the
-  free memory, or the configured number, refused (one line, before any work) when it would not."""
+  """How many students one call fine-tunes: as many as fit in _MEMORY_SHARE of the free memory
+  (side by side, each keeps its activations; one after another, only one student's are alive), or
+  the configured number, refused (one line, before any work) when it would not fit."""
   rows = -(-settings.batch_size // mesh.size)
-  need = bytes_per_student(superlm_config, settings.task.num_labels, rows, settings.seq_len)
+  state, activations = student_bytes(superlm_config, settings.task.num_labels, rows, settings.seq_len)
+  per, fixed = ((state + activations, 0) if student_batching(settings, mesh) == "vmap"
+                else (state, activations))
   free = free_bytes(mesh.devices.flat[0]) if free is None else free
-  fit = int(free * _MEMORY_SHARE // need)
+  fit = max(int((free * _MEMORY_SHARE - fixed) // per), 0)
   if settings.students_per_call:
     if settings.students_per_call > fit:
       raise ValueError(
           f"config.search.proxy.students_per_call={settings.students_per_call} needs about "
-          f"{settings.students_per_call * need / 2**30:.1f} GiB per call, more than "
+          f"{(fixed + settings.students_per_call * per) / 2**30:.1f} GiB per call, more than "
           f"{_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB free on {mesh.devices.flat[0].platform}; "
           f"lower it (at most {fit} fit) or set 0 to size it from memory")
     return settings.students_per_call
   if fit == 0:
-    raise ValueError(f"one student of the proxy search needs about {need / 2**30:.1f} GiB, more than "
-                     f"{_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB free; lower "
+    raise ValueError(f"one student of the proxy search needs about {(fixed + per) / 2**30:.1f} GiB, "
+                     f"more than {_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB free; lower "
                      "config.search.proxy.batch_size or seq_len")
   return min(fit, students)
 
@@ -184,10 +204,11 @@ def students_per_call(settings: ProxySettings, superlm_config: EncoderConfig, st
 
 @functools.lru_cache(maxsize=16)
 def make_program(superlm_config: EncoderConfig, task: glue.Task, dropout: float, attention_dropout: float,
-                 mesh: jax.sharding.Mesh, chunk: int):
+                 mesh: jax.sharding.Mesh, chunk: int, batching: str = "vmap"):
   """Jitted (start, train_step, predict) for `chunk` students of a SuperLM of `superlm_config`:
   start(params, head) -> stacked per-student parameters and AdamW states; train_step and predict
-  are finetune's, vmapped over students (parameters, optimizer state and arch; one shared batch)."""
+  are finetune's, over students (parameters, optimizer state and arch; one shared batch) by
+  `batching`: "vmap" (side by side) or "map" (one after another)."""
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: BertEncoder(superlm_config, rngs=nnx.Rngs(0))))
   optimizer = finetune.make_optimizer()
   train_one, predict_one = finetune.step_functions(graphdef, task, dropout, attention_dropout, optimizer)
@@ -197,8 +218,15 @@ def make_program(superlm_config: EncoderConfig, task: glue.Task, dropout: float,
     stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (chunk, *x.shape)), params)
     return stacked, jax.vmap(optimizer.init)(stacked)
 
-  train_step = jax.vmap(train_one, in_axes=(0, 0, None, None, None, 0))
-  predict = jax.vmap(predict_one, in_axes=(0, None, 0))
+  if batching == "vmap":
+    train_step = jax.vmap(train_one, in_axes=(0, 0, None, None, None, 0))
+    predict = jax.vmap(predict_one, in_axes=(0, None, 0))
+  else:
+    def train_step(params, opt_state, batch, rng, schedule, table):
+      return jax.lax.map(lambda s: train_one(*s[:2], batch, rng, schedule, s[2]), (params, opt_state, table))
+
+    def predict(params, batch, table):
+      return jax.lax.map(lambda s: predict_one(s[0], batch, s[1]), (params, table))
   return (jax.jit(start, in_shardings=(rep,), out_shardings=(rep, rep)),
           jax.jit(train_step, in_shardings=(rep, rep, data, rep, rep, rep),
                   out_shardings=(rep, rep, rep), donate_argnums=(0, 1)),
@@ -226,7 +254,8 @@ def finetune_chunk(superlm: BertEncoder, archs: Sequence[Arch], train: dict, dev
   with copies of the last."""
   table = parallel.replicate(mesh, arch_table(archs, chunk))
   start, train_step, predict = make_program(superlm.config, settings.task, settings.dropout,
-                                            settings.attention_dropout, mesh, chunk)
+                                            settings.attention_dropout, mesh, chunk,
+                                            student_batching(settings, mesh))
   head = finetune.init_head(superlm.config.hidden, settings.task.num_labels, settings.seed)
   params, opt_state = start(parallel.replicate(mesh, {"encoder": get_params(superlm), "head": head}))
   params, losses = _train(train_step, params, opt_state, train, settings, mesh, table)

@@ -100,8 +100,9 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
     out = nnx.merge(student_graphdef, params)(
         batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch,
         dropout_rate=sc.dropout, dropout_rng=rng, dtype=dtype, unroll=sc.unroll)
-    return distill.distill_loss(teacher_logits, out, arch[3] * sc.head_size,
-                                batch["attention_mask"], sc.loss, arch[1], sc.hidden_relation_weight)
+    with jax.named_scope("relation_loss"):  # scopes label ops in profiles (bench/profile_step.py)
+      return distill.distill_loss(teacher_logits, out, arch[3] * sc.head_size,
+                                  batch["attention_mask"], sc.loss, arch[1], sc.hidden_relation_weight)
 
   def nonfinite(loss, grads):
     """1 where a student's loss or any of its gradients is NaN/inf, else 0."""
@@ -110,11 +111,12 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
     return 1 - finite.astype(jnp.int32)
 
   def micro_batch(params, teacher_params, batch, archs, rng):
-    teacher = nnx.merge(teacher_graphdef, teacher_params)
-    t_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dtype=dtype,
-                    unroll=sc.unroll)
-    t_logits = jax.lax.stop_gradient(distill.teacher_relations(t_out, sc.relation_heads,
-                                                               sc.hidden_relation_weight > 0))
+    with jax.named_scope("teacher"):
+      teacher = nnx.merge(teacher_graphdef, teacher_params)
+      t_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dtype=dtype,
+                      unroll=sc.unroll)
+      t_logits = jax.lax.stop_gradient(distill.teacher_relations(t_out, sc.relation_heads,
+                                                                 sc.hidden_relation_weight > 0))
     keys = jax.random.split(rng, archs.shape[0])
     grad_fn = jax.value_and_grad(student_loss)
     if sc.student_batching == "vmap":
@@ -145,9 +147,10 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
       (losses, grads, bad), _ = jax.lax.scan(accumulate, zeros,
                                              (micro, jax.random.split(rng, sc.grad_accum)))
       losses, grads = jax.tree.map(lambda x: x / sc.grad_accum, (losses, grads))
-    grad_norm = optax.tree.norm(grads)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
+    with jax.named_scope("optimizer"):
+      grad_norm = optax.tree.norm(grads)
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
     # A non-finite loss or gradient of any student skips the whole update (params and moments).
     ok = jnp.all(bad == 0) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jnp.where(ok, new, old)

@@ -135,6 +135,12 @@ def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, warmup:
   return {name: statistics.median(s) for name, s in samples.items()}
 
 
+# (dense bf16 peak FLOP/s without sparsity, memory bandwidth bytes/s) of the accelerators we
+# report MFU and floors against (NVIDIA's data sheets: H100 SXM, H200 SXM).
+DEVICE_PEAKS = {"NVIDIA H100 80GB HBM3": (989e12, 3.35e12), "NVIDIA H100": (989e12, 3.35e12),
+                "NVIDIA H200": (989e12, 4.8e12)}
+
+
 def device_description() -> str:
   d = jax.devices()[0]
   return f"{jax.device_count()} x {d.device_kind} ({d.platform}), jax {jax.__version__}"

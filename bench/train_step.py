@@ -22,13 +22,11 @@ from autodistil_jax import parallel, train
 from autodistil_jax.model import get_params, init_superlm
 from autodistil_jax.search_space import sandwich_sample
 
-# Dense bf16 peak of the accelerators we report MFU against (FLOP/s, no sparsity).
-PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12}
-
-
 common.define_flags(batch=16, step_flags=True)
 flags.DEFINE_integer("rounds", 5, "timing rounds per variant (medians reported)")
 flags.DEFINE_bool("mfu", False, "report MFU against the device's bf16 peak")
+flags.DEFINE_bool("masked_only", False, "time only the masked step (batch curves): no static programs")
+flags.DEFINE_bool("xla_flops", True, "also compile the unrolled step for XLA's FLOP count (slow compile)")
 
 def block(tree):
   return jax.block_until_ready(tree)
@@ -49,8 +47,9 @@ def bench_subspace(name, teacher, space, args) -> dict:
 
   masked = train.jit_train_step(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher),
                                                       optimizer, sc), mesh)
-  statics = {"static4": common.make_static_step(superlm, teacher, archs, optimizer, sc),
-             "largest": common.make_static_step(superlm, teacher, archs[:1], optimizer, sc)}
+  statics = {} if args.masked_only else {
+      "static4": common.make_static_step(superlm, teacher, archs, optimizer, sc),
+      "largest": common.make_static_step(superlm, teacher, archs[:1], optimizer, sc)}
   state = {}
   for k in ("masked", *statics):  # each its own copy: the steps donate their buffers
     p = parallel.replicate(mesh, jax.tree.map(jnp.copy, get_params(superlm)))
@@ -68,23 +67,23 @@ def bench_subspace(name, teacher, space, args) -> dict:
       block(s[0])
     return run
 
-  times = common.interleaved_times({"masked": run_masked, "static4": runner("static4"),
-                             "largest": runner("largest")}, rounds=args.rounds)
+  times = common.interleaved_times({"masked": run_masked, **{k: runner(k) for k in statics}},
+                                   rounds=args.rounds)
   tokens = args.batch * args.seq_len
   useful = common.useful_step_flops(teacher, archs, args.batch, args.seq_len)
-  # XLA's count of the masked step, compiled with every loop unrolled so that each layer and each
-  # student is counted (a rolled loop's body is counted once).
-  unrolled = common.step_config(teacher, args.dtype, student_batching=args.student_batching, unroll=True)
-  xla = jax.jit(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher), optimizer, unrolled)
-                ).lower(*state["masked"], teacher_params, batch, arch_table, key).compile().cost_analysis()
-  out = {"subspace": name, "archs": [a.name for a in archs],
+  out = {"subspace": name, "archs": [a.name for a in archs], "batch": args.batch,
          "tokens_per_s": {k: tokens / t for k, t in times.items()},
-         "overhead_vs_static4": times["masked"] / times["static4"],
-         "masked_vs_largest_alone": times["masked"] / times["largest"],
-         "useful_flops": useful, "xla_flops": float(xla["flops"]),
-         "useful_fraction": useful / float(xla["flops"]),
-         "useful_tflops_per_s": useful / times["masked"] / 1e12}
-  peak = PEAK_BF16.get(jax.devices()[0].device_kind)
+         "overhead_vs_static4": times["masked"] / times["static4"] if statics else None,
+         "masked_vs_largest_alone": times["masked"] / times["largest"] if statics else None,
+         "useful_flops": useful, "useful_tflops_per_s": useful / times["masked"] / 1e12}
+  if args.xla_flops:
+    # XLA's count of the masked step, compiled with every loop unrolled so that each layer and each
+    # student is counted (a rolled loop's body is counted once).
+    unrolled = common.step_config(teacher, args.dtype, student_batching=args.student_batching, unroll=True)
+    xla = jax.jit(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher), optimizer, unrolled)
+                  ).lower(*state["masked"], teacher_params, batch, arch_table, key).compile().cost_analysis()
+    out.update(xla_flops=float(xla["flops"]), useful_fraction=useful / float(xla["flops"]))
+  peak = common.DEVICE_PEAKS.get(jax.devices()[0].device_kind, (None,))[0]
   if args.mfu and peak:
     out["mfu"] = useful / times["masked"] / (peak * jax.device_count())
   return out
@@ -100,11 +99,16 @@ def main():
     r = bench_subspace(name, teacher, spaces[name], args)
     results.append(r)
     tps = r["tokens_per_s"]
-    print(f"{name:>5}: tokens/s masked {tps['masked']:.0f}, 4 static students {tps['static4']:.0f}, "
-          f"largest alone {tps['largest']:.0f} | overhead {r['overhead_vs_static4']:.2f}x "
-          f"(target <= 1.25), masked/largest {r['masked_vs_largest_alone']:.2f}x | useful fraction "
-          f"{r['useful_fraction']:.2f} (target >= 0.7), {r['useful_tflops_per_s']:.3f} useful TFLOP/s"
-          + (f", MFU {100 * r['mfu']:.1f}%" if "mfu" in r else ""))
+    parts = [f"tokens/s masked {tps['masked']:.0f}"]
+    if r["overhead_vs_static4"] is not None:
+      parts += [f"4 static students {tps['static4']:.0f}, largest alone {tps['largest']:.0f} | overhead "
+                f"{r['overhead_vs_static4']:.2f}x (target <= 1.25), masked/largest "
+                f"{r['masked_vs_largest_alone']:.2f}x"]
+    if "useful_fraction" in r:
+      parts += [f"useful fraction {r['useful_fraction']:.2f} (target >= 0.7)"]
+    parts += [f"{r['useful_tflops_per_s']:.3f} useful TFLOP/s" + (f", MFU {100 * r['mfu']:.1f}%" if "mfu" in r
+                                                                  else "")]
+    print(f"{name:>5}: " + " | ".join(parts))
     print(f"       sandwich: {', '.join(r['archs'])}")
   if args.json:
     with open(args.json, "w") as f:

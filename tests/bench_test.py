@@ -33,7 +33,8 @@ def test_search_bench_scores_the_same_losses_both_ways(tmp_path):
 def test_proxy_search_bench_gets_the_same_scores_both_ways(data_dir, tmp_path):
   r = _bench("proxy_search", tmp_path, f"--glue_dir={data_dir / 'glue'}", "--subspace=tiny", "--batch=4",
              "--seq_len=32", "--students=4", "--alone=2", "--steps=2", "--dev_examples=32")
-  assert r["students"] == 4 and r["alone_students_timed"] == 2 and r["max_score_diff"] <= 1e-6
+  assert r["students"] == 4 and r["alone_students_timed"] == 2 and set(r["programs"]) == {"vmap", "map"}
+  assert all(p["max_score_diff"] <= 1e-6 for p in r["programs"].values())
 
 
 @pytest.mark.slow
@@ -67,3 +68,42 @@ def test_glue_reference_runs_both_sides_and_resumes(data_dir, tmp_path):
   again = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
   assert again.returncode == 0 and "seed 0:" not in again.stdout  # finished cells are not rerun
   assert "| rte |" in again.stdout
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_every_part_at_toy_sizes_and_profiles_the_step(tmp_path):
+  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "TINY": "1", "OUT": str(tmp_path)}
+  result = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True, text=True,
+                          timeout=1800, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  status = (tmp_path / "status.txt").read_text().split("\n")
+  failed = [line for line in status if line and " rc=0 " not in line]
+  assert not failed, [(line, (tmp_path / f"{line.split()[0]}.log").read_text()[-2000:]) for line in failed]
+  for name in ("train_step", "train_step_b2", "train_step_b4", "versus_torch", "search", "memory"):
+    assert json.loads((tmp_path / f"{name}.json").read_text())
+  profile = json.loads((tmp_path / "profile" / "profile.json").read_text())
+  cats = profile["categories"]
+  # Every part of the step is found in the trace, and the parts add up to the ops' busy time.
+  for part in ("matmul", "attention", "layer_norm", "relation_loss", "optimizer"):
+    assert cats[part]["ms"] > 0, part
+  assert cats["unattributed"]["ms"] < 0.05 * profile["busy_ms"]
+  assert sum(c["ms"] for c in cats.values()) == pytest.approx(profile["busy_ms"])
+  assert profile["phases"]["teacher"]["flops"] > 0 and profile["phases"]["students"]["flops"] > 0
+
+
+def test_hlo_breakdown_counts_matmul_flops_inside_loops_and_names_scopes():
+  sys.path.insert(0, str(ROOT / "bench"))
+  import hlo_breakdown
+  import jax
+  import jax.numpy as jnp
+
+  def f(x, w):
+    with jax.named_scope("optimizer"):
+      y = jax.lax.fori_loop(0, 3, lambda i, y: jnp.tanh(y @ w), x)
+    return jnp.sum(y)
+
+  x, w = jnp.ones((64, 128)), jnp.ones((128, 128))
+  table = hlo_breakdown.instruction_table(jax.jit(f).lower(x, w).compile().as_text())
+  matmuls = [op for op in table.values() if op.flops]
+  assert sum(op.flops * op.executions for op in matmuls) == 3 * 2 * 64 * 128 * 128
+  assert {op.category for op in matmuls} == {"optimizer"}

@@ -36,12 +36,16 @@ def test_students_finetuned_side_by_side_equal_each_extracted_and_finetuned_alon
   mesh = parallel.make_mesh()
   superlm = init_superlm(teacher, SPACE)
   archs = [Arch(2, 64, 2.0, 4), Arch(3, 96, 3.0, 7), Arch(3, 64, 3.0, 5)]
-  metrics, losses = proxy.finetune_chunk(superlm, archs, train, dev, settings, mesh, chunk=4)
-  assert losses.shape == (settings.steps, 3) and len({tuple(c) for c in losses.T}) == 3
+  # Side by side (vmap) and one after another in the program (map): both equal the student alone.
+  runs = {how: proxy.finetune_chunk(superlm, archs, train, dev, _settings(data_dir, student_batching=how),
+                                    mesh, chunk=4) for how in ("vmap", "map")}
+  for _, losses in runs.values():
+    assert losses.shape == (settings.steps, 3) and len({tuple(c) for c in losses.T}) == 3
   for i, arch in enumerate(archs):
     alone_metrics, alone_losses = proxy.finetune_alone(superlm, arch, train, dev, settings, mesh)
-    np.testing.assert_allclose(losses[:, i], alone_losses, atol=1e-5, rtol=0)
-    assert metrics[i] == pytest.approx(alone_metrics, abs=1 / len(dev["labels"]))
+    for metrics, losses in runs.values():
+      np.testing.assert_allclose(losses[:, i], alone_losses, atol=1e-5, rtol=0)
+      assert metrics[i] == pytest.approx(alone_metrics, abs=1 / len(dev["labels"]))
 
 
 def test_one_compilation_per_subspace_and_kept_scores_are_reused(teacher, data_dir, task_data, tmp_path):
@@ -54,7 +58,8 @@ def test_one_compilation_per_subspace_and_kept_scores_are_reused(teacher, data_d
   store = lambda name: tmp_path / f"{name}.json"
   scores, timing = proxy.search(settings, {"t": (superlm, "id", archs)}, train, dev, {"t": 2}, mesh, store)
   assert proxy.make_program.cache_info().misses == misses + 1
-  _, train_step, predict = proxy.make_program(superlm.config, settings.task, 0.0, 0.0, mesh, 2)
+  _, train_step, predict = proxy.make_program(superlm.config, settings.task, 0.0, 0.0, mesh, 2,
+                                             proxy.student_batching(settings, mesh))
   assert train_step._cache_size() == 1 and predict._cache_size() == 1  # 3 calls, the last padded
   assert set(scores["t"]) == {a.name for a in archs} and timing["t"]["reused"] == 0
   assert all(0 <= s["proxy_score"] <= 1 and np.isfinite(s["final_train_loss"]) for s in scores["t"].values())
@@ -66,18 +71,27 @@ def test_one_compilation_per_subspace_and_kept_scores_are_reused(teacher, data_d
 
 
 def test_a_chunk_that_cannot_fit_is_refused_naming_the_key(data_dir, teacher):
-  settings = _settings(data_dir, students_per_call=64)
   mesh = parallel.make_mesh()
   superlm_config = teacher.config.for_subspace(SPACE)
-  need = proxy.bytes_per_student(superlm_config, 2, 16 // mesh.size, settings.seq_len)
-  assert proxy.students_per_call(settings, superlm_config, 256, mesh, free=200 * need) == 64
+  state, activations = proxy.student_bytes(superlm_config, 2, 16 // mesh.size, _settings(data_dir).seq_len)
+  side_by_side = state + activations
+  settings = _settings(data_dir, students_per_call=64, student_batching="vmap")
+  assert proxy.students_per_call(settings, superlm_config, 256, mesh, free=200 * side_by_side) == 64
   with pytest.raises(ValueError, match=r"students_per_call=64 needs about .* \(at most 30 fit\)"):
-    proxy.students_per_call(settings, superlm_config, 256, mesh, free=50 * need)
-  auto = _settings(data_dir)
-  assert proxy.students_per_call(auto, superlm_config, 256, mesh, free=50 * need) == 30
-  assert proxy.students_per_call(auto, superlm_config, 7, mesh, free=50 * need) == 7
+    proxy.students_per_call(settings, superlm_config, 256, mesh, free=50 * side_by_side)
+  auto = _settings(data_dir, student_batching="vmap")
+  assert proxy.students_per_call(auto, superlm_config, 256, mesh, free=50 * side_by_side) == 30
+  assert proxy.students_per_call(auto, superlm_config, 7, mesh, free=50 * side_by_side) == 7
   with pytest.raises(ValueError, match="one student of the proxy search needs about"):
-    proxy.students_per_call(auto, superlm_config, 7, mesh, free=need)
+    proxy.students_per_call(auto, superlm_config, 7, mesh, free=side_by_side)
+  # One after another, only one student's activations are alive at a time.
+  in_turn = _settings(data_dir, student_batching="map")
+  free = (10 * state + activations) / 0.6 + 1
+  assert proxy.students_per_call(in_turn, superlm_config, 256, mesh, free=free) == 10
+  with pytest.raises(ValueError, match="one student of the proxy search needs about"):
+    proxy.students_per_call(in_turn, superlm_config, 7, mesh, free=activations)
+  assert proxy.student_batching(_settings(data_dir), mesh) == (
+      "map" if mesh.devices.flat[0].platform == "cpu" else "vmap")
 
 
 def test_settings_are_checked_and_the_default_proxy_is_the_largest_classification_task(data_dir, tmp_path):
@@ -87,6 +101,8 @@ def test_settings_are_checked_and_the_default_proxy_is_the_largest_classificatio
     proxy.default_task(str(tmp_path))
   with pytest.raises(ValueError, match=r"proxy.steps=0 must be at least 1; .*proxy.dropout=1.0 must be"):
     _settings(data_dir, steps=0, dropout=1.0)
+  with pytest.raises(ValueError, match="student_batching='pmap' must be one of auto, vmap, map"):
+    _settings(data_dir, student_batching="pmap")
   with pytest.raises(ValueError, match="regression task"):
     _settings(data_dir, task="stsb")
   assert _settings(data_dir).task.name == "sst2"
