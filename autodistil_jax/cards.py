@@ -175,6 +175,8 @@ def settings(config, space, step: int) -> dict[str, str]:
   of its card."""
   t, s = config.train, config.search
   extra = f" + H-H relation x {t.hidden_relation_weight:g}" if t.hidden_relation_weight else ""
+  if t.embedding_relation_weight:
+    extra += f" + sentence-embedding similarities x {t.embedding_relation_weight:g}"
   return {
       "sub-space options": f"layers {list(space.layers)}, hidden {list(space.hidden)}, MLP ratio "
                            f"{list(space.mlp_ratio)}, heads {list(space.heads)} "

@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Weight of an H-H relation of the last layer's output beside Q-Q/K-K/V-V (0: the paper's
   # objective, which gives the last layer's FFN no gradient; distill.distill_loss says why).
   c.train.hidden_relation_weight = 0.0
+  # Weight of the sentence-embedding term: mean squared difference between the teacher's and each
+  # student's cosine similarities of the batch's mean-pooled embeddings (0: the paper's objective).
+  c.train.embedding_relation_weight = 0.0
   c.train.num_random = 2  # sandwich rule: largest + smallest + this many random students
   c.train.dtype = "float32"  # matmul compute dtype; "bfloat16" on accelerators
   c.train.grad_accum = 1

@@ -66,10 +66,21 @@ def _num_pairs(valid: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.sum(per_example * per_example), 1.0)
 
 
-def teacher_relations(teacher_out: EncoderOutput, num_heads: int,
-                      hidden: bool = False) -> tuple[jax.Array, ...]:
-  """The teacher's Q-Q, K-K, V-V relation logits (computed once per batch), and with `hidden` the
-  H-H relation of the last layer's output as a fourth."""
+def embedding_similarities(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """[B, B] cosine similarities of the batch's mean-pooled sentence embeddings (fp32): what a
+  sentence encoder is used for (zero-shot STS-B scores exactly these). Units past a student's
+  width are zero in the masked model's output, so any width compares with the teacher's."""
+  mask = attention_mask.astype(jnp.float32)[..., None]
+  pooled = (hidden.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+  unit = pooled * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(pooled), -1, keepdims=True), 1e-12))
+  return unit @ unit.T
+
+
+def teacher_relations(teacher_out: EncoderOutput, num_heads: int, hidden: bool = False,
+                      embedding_mask: jax.Array | None = None) -> tuple[jax.Array, ...]:
+  """The teacher's Q-Q, K-K, V-V relation logits (computed once per batch); then, with `hidden`,
+  the H-H relation of the last layer's output; then, given the batch's attention mask, the
+  sentence-embedding similarities (embedding_similarities)."""
   xs = [teacher_out.query, teacher_out.key, teacher_out.value]
   widths = [teacher_out.query.shape[-1]] * 3
   if hidden:
@@ -79,15 +90,19 @@ def teacher_relations(teacher_out: EncoderOutput, num_heads: int,
   for x, width in zip(xs, widths, strict=True):
     split, size = split_relation_heads(x, width, num_heads)
     out.append(relation_logits(split, size))
+  if embedding_mask is not None:
+    out.append(embedding_similarities(teacher_out.hidden, embedding_mask))
   return tuple(out)
 
 
 def distill_loss(teacher_logits: tuple[jax.Array, ...], student_out: EncoderOutput,
                  student_qkv_width: jax.Array | int, attention_mask: jax.Array,
                  kind: LossKind = "mse", student_hidden: jax.Array | int | None = None,
-                 hidden_weight: float = 0.0) -> jax.Array:
+                 hidden_weight: float = 0.0, embedding_weight: float = 0.0) -> jax.Array:
   """Sum over Q-Q, K-K and V-V (weights 1) of the relation loss against the teacher's, plus
-  `hidden_weight` times the H-H relation's when the teacher's logits hold it (a fourth).
+  `hidden_weight` times the H-H relation's and `embedding_weight` times the mean squared
+  difference of the sentence-embedding similarities, each taken from the teacher's tuple in that
+  order when its weight is positive (teacher_relations made with the same terms).
 
   The paper's three relations all come from the last layer's input: the last layer's attention
   output, FFN and LayerNorms (what the final hidden states, and so the sentence embeddings, come
@@ -99,8 +114,12 @@ def distill_loss(teacher_logits: tuple[jax.Array, ...], student_out: EncoderOutp
                          strict=True):
     split, size = split_relation_heads(x, student_qkv_width, num_heads)
     total = total + relation_loss(t_logits, relation_logits(split, size), attention_mask, kind)
-  if len(teacher_logits) == 4:
+  extra = list(teacher_logits[3:])
+  if hidden_weight > 0:
     split, size = split_relation_heads(student_out.hidden, student_hidden, num_heads)
-    total = total + hidden_weight * relation_loss(teacher_logits[3], relation_logits(split, size),
+    total = total + hidden_weight * relation_loss(extra.pop(0), relation_logits(split, size),
                                                   attention_mask, kind)
+  if embedding_weight > 0:
+    similarities = embedding_similarities(student_out.hidden, attention_mask)
+    total = total + embedding_weight * jnp.mean(jnp.square(extra.pop(0) - similarities))
   return total

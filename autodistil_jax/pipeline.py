@@ -140,13 +140,14 @@ def run_search(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, dict
   batches = data.heldout_batches(tokens, heldout_idx, s.batch_size, teacher.config.pad_token_id)
   batches = [parallel.global_batch_from_full(mesh, b)
              for b in (batches[:s.num_batches] if s.num_batches > 0 else batches)]
-  hidden_weight = float(config.train.hidden_relation_weight)  # the search scores the training objective
-  relations = search.make_teacher_relations(teacher, DTYPES[s.dtype], hidden_weight > 0)
+  # The search scores the training objective, extra terms included.
+  weights = float(config.train.hidden_relation_weight), float(config.train.embedding_relation_weight)
+  relations = search.make_teacher_relations(teacher, DTYPES[s.dtype], weights[0] > 0, weights[1] > 0)
   teacher_params = parallel.replicate(mesh, get_params(teacher))
   rows, timing = search.score_subspaces(
       {n: (m, step, spaces[n].enumerate()) for n, (m, step) in loaded.items()}, teacher,
       [relations(teacher_params, b) for b in batches], batches, lambda p: parallel.replicate(mesh, p),
-      config.train.loss, DTYPES[s.dtype], s.students_per_call, config.data.seq_len, hidden_weight)
+      config.train.loss, DTYPES[s.dtype], s.students_per_call, config.data.seq_len, *weights)
   summary = _proxy_search(config, wd, loaded, rows, proxy_task, mesh) if proxy_task else None
   selected = search.select(rows, budgets, {n: m for n, (m, _) in loaded.items()},
                            (s.latency_batch_size, s.latency_seq_len), s.max_latency_trials, selection)

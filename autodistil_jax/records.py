@@ -36,7 +36,11 @@ _OWN_KEYS = {
 _IGNORED = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
             "train.max_nonfinite_steps", "search.students_per_call", "search.max_latency_trials",
             "search.proxy.students_per_call",
-            "evaluate.students_per_call", "glue.eval_batch_size", "glue.include_teacher")
+            "evaluate.students_per_call", "glue.eval_batch_size", "glue.include_teacher",
+            "search.proxy.student_batching")
+# Keys added after records began, with the value that reproduces what a record without them was
+# made with: an older workdir stays valid under the default.
+_ADDED_KEYS = {"train.embedding_relation_weight": 0.0}
 # Files larger than this are identified by size and modification time instead of their bytes.
 _HASH_LIMIT = 512 * 2**20
 
@@ -116,8 +120,9 @@ def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
     text = "unset" if v is _MISSING else json.dumps(v)
     return text if len(text) <= 60 else text[:57] + "..."
   keys = sorted(set(recorded) | set(current))
-  return [f"{k} ({show(recorded.get(k, _MISSING))} -> {show(current.get(k, _MISSING))})"
-          for k in keys if recorded.get(k, _MISSING) != current.get(k, _MISSING)]
+  before = lambda k: recorded.get(k, _ADDED_KEYS.get(k, _MISSING))
+  return [f"{k} ({show(before(k))} -> {show(current.get(k, _MISSING))})"
+          for k in keys if before(k) != current.get(k, _MISSING)]
 
 
 _MISSING = object()

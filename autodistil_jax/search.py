@@ -64,19 +64,21 @@ def student_costs(arch: Arch, head_size: int, seq_len: int, vocab: Vocab, pooler
           "paper_flops": paper_flops(arch, seq_len)}
 
 
-def make_teacher_relations(teacher: BertEncoder, dtype=jnp.float32, hidden: bool = False) -> Callable:
+def make_teacher_relations(teacher: BertEncoder, dtype=jnp.float32, hidden: bool = False,
+                           embedding: bool = False) -> Callable:
   graphdef = nnx.graphdef(teacher)
 
   @jax.jit
   def relations(params, batch):
     out = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"],
                                       batch["token_type_ids"], dtype=dtype)
-    return distill.teacher_relations(out, teacher.config.heads, hidden)
+    return distill.teacher_relations(out, teacher.config.heads, hidden,
+                                     batch["attention_mask"] if embedding else None)
   return relations
 
 
 def make_evaluator(superlm: BertEncoder, loss: str = "mse", dtype=jnp.float32,
-                   hidden_weight: float = 0.0) -> Callable:
+                   hidden_weight: float = 0.0, embedding_weight: float = 0.0) -> Callable:
   """(params, teacher_logits, batch, archs [S, 4]) -> the S students' losses, jitted once."""
   graphdef, head_size = nnx.graphdef(superlm), superlm.config.head_size
 
@@ -84,7 +86,7 @@ def make_evaluator(superlm: BertEncoder, loss: str = "mse", dtype=jnp.float32,
     out = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"],
                                       batch["token_type_ids"], arch, dtype=dtype)
     return distill.distill_loss(teacher_logits, out, arch[3] * head_size, batch["attention_mask"], loss,
-                                arch[1], hidden_weight)
+                                arch[1], hidden_weight, embedding_weight)
 
   return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
 
@@ -210,7 +212,7 @@ def teacher_costs_and_budgets(teacher: BertEncoder, texts: Sequence[str], seq_le
 def score_subspaces(superlms: dict[str, tuple[BertEncoder, int, list[Arch]]], teacher: BertEncoder,
                     teacher_logits: Sequence, batches: Sequence[dict], replicate: Callable, loss: str,
                     dtype, students_per_call: int, seq_len: int,
-                    hidden_weight: float = 0.0) -> tuple[list[dict], dict]:
+                    hidden_weight: float = 0.0, embedding_weight: float = 0.0) -> tuple[list[dict], dict]:
   """(one row per student with its costs and held-out loss, timing per sub-space) for
   `superlms`: name -> (SuperLM, its training step, its students)."""
   from tqdm import tqdm
@@ -222,7 +224,7 @@ def score_subspaces(superlms: dict[str, tuple[BertEncoder, int, list[Arch]]], te
   bar = tqdm(total=sum(len(a) for _, _, a in superlms.values()), desc="search", unit="student",
              disable=jax.process_index() != 0, dynamic_ncols=True)
   for name, (superlm, step, archs) in superlms.items():
-    evaluator = make_evaluator(superlm, loss, dtype, hidden_weight)
+    evaluator = make_evaluator(superlm, loss, dtype, hidden_weight, embedding_weight)
     start = time.perf_counter()
     losses = score_students(evaluator, replicate(get_params(superlm)), teacher_logits, batches, archs,
                             students_per_call, bar.update)

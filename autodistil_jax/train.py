@@ -73,6 +73,7 @@ class StepConfig:
   student_batching: str = "scan"  # "scan": one student at a time; "vmap": all at once
   unroll: bool = False  # unroll the loops over layers and students (bigger program)
   hidden_relation_weight: float = 0.0  # H-H relation of the last layer's output (0: the paper's)
+  embedding_relation_weight: float = 0.0  # sentence-embedding similarities (0: the paper's)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, teacher: BertEncoder) -> StepConfig:
@@ -85,10 +86,12 @@ class StepConfig:
       raise ValueError(f"config.train.student_batching={t.student_batching!r}: 'scan' or 'vmap'")
     if t.grad_accum < 1 or t.batch_size % t.grad_accum:
       raise ValueError(f"config.train.grad_accum={t.grad_accum} must be >= 1 and divide batch_size")
-    if not t.hidden_relation_weight >= 0:
-      raise ValueError(f"config.train.hidden_relation_weight={t.hidden_relation_weight}: must be >= 0")
+    for key in ("hidden_relation_weight", "embedding_relation_weight"):
+      if not t[key] >= 0:
+        raise ValueError(f"config.train.{key}={t[key]}: must be >= 0")
     return cls(teacher.config.head_size, teacher.config.heads, t.loss, t.dropout, t.dtype,
-               t.grad_accum, t.student_batching, t.unroll, float(t.hidden_relation_weight))
+               t.grad_accum, t.student_batching, t.unroll, float(t.hidden_relation_weight),
+               float(t.embedding_relation_weight))
 
 
 def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphDef,
@@ -102,7 +105,8 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
         dropout_rate=sc.dropout, dropout_rng=rng, dtype=dtype, unroll=sc.unroll)
     with jax.named_scope("relation_loss"):  # scopes label ops in profiles (bench/profile_step.py)
       return distill.distill_loss(teacher_logits, out, arch[3] * sc.head_size,
-                                  batch["attention_mask"], sc.loss, arch[1], sc.hidden_relation_weight)
+                                  batch["attention_mask"], sc.loss, arch[1], sc.hidden_relation_weight,
+                                  sc.embedding_relation_weight)
 
   def nonfinite(loss, grads):
     """1 where a student's loss or any of its gradients is NaN/inf, else 0."""
@@ -115,8 +119,9 @@ def make_train_step(student_graphdef: nnx.GraphDef, teacher_graphdef: nnx.GraphD
       teacher = nnx.merge(teacher_graphdef, teacher_params)
       t_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dtype=dtype,
                       unroll=sc.unroll)
-      t_logits = jax.lax.stop_gradient(distill.teacher_relations(t_out, sc.relation_heads,
-                                                                 sc.hidden_relation_weight > 0))
+      embedding_mask = batch["attention_mask"] if sc.embedding_relation_weight > 0 else None
+      t_logits = jax.lax.stop_gradient(distill.teacher_relations(
+          t_out, sc.relation_heads, sc.hidden_relation_weight > 0, embedding_mask))
     keys = jax.random.split(rng, archs.shape[0])
     grad_fn = jax.value_and_grad(student_loss)
     if sc.student_batching == "vmap":

@@ -32,6 +32,7 @@ RULES: dict[str, _Rule] = {
     "train.learning_rate": _POSITIVE, "train.warmup_steps": _COUNT, "train.weight_decay": _NON_NEGATIVE,
     "train.b1": _RATE, "train.b2": _RATE, "train.eps": _POSITIVE, "train.clip_norm": _NON_NEGATIVE,
     "train.dropout": _RATE, "train.hidden_relation_weight": _NON_NEGATIVE,
+    "train.embedding_relation_weight": _NON_NEGATIVE,
     "train.num_random": _COUNT, "train.grad_accum": _POSITIVE_INT, "train.log_every": _POSITIVE_INT,
     "train.checkpoint_every": _POSITIVE_INT, "train.keep_checkpoints": _POSITIVE_INT,
     "train.max_nonfinite_steps": _COUNT,

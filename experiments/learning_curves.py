@@ -39,6 +39,8 @@ VARIANTS = {
     "hidden1": {"hidden_relation_weight": 1.0},  # + the H-H relation of the last layer's output
     "kl": {"loss": "kl"},  # MiniLMv2's KL instead of the MSE
     "lr4e-5": {"learning_rate": 4e-5},  # the paper's peak learning rate instead of the demo's 2e-4
+    # + the similarities of the batch's mean-pooled sentence embeddings (what the teacher is for)
+    "lr4e-5_embed1": {"learning_rate": 4e-5, "embedding_relation_weight": 1.0},
 }
 
 

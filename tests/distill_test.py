@@ -98,22 +98,37 @@ def test_the_papers_relations_leave_the_last_layers_output_untrained_and_the_hid
   last = sup.config.layer_lookup()[S.layer_map(5, 6, sup.config.depth)]
   graphdef, params = nnx.graphdef(sup), M.get_params(sup)
 
-  def grads(weight):
-    t_logits = distill.teacher_relations(teacher(ids, mask), 12, hidden=weight > 0)
+  def grads(hidden, embedding=0.0):
+    t_logits = distill.teacher_relations(teacher(ids, mask), 12, hidden > 0, mask if embedding else None)
     def loss(p):
       out = nnx.merge(graphdef, p)(ids, mask, arch=jnp.asarray(arch.as_array()))
-      return distill.distill_loss(t_logits, out, arch.qkv_width(32), mask, "mse", arch.hidden, weight)
+      return distill.distill_loss(t_logits, out, arch.qkv_width(32), mask, "mse", arch.hidden, hidden,
+                                  embedding)
     return jax.grad(loss)(params)["layers"]
   output_side = ("attn_out_kernel", "attn_ln_scale", "ffn_in_kernel", "ffn_out_kernel", "ffn_ln_scale")
-  paper, with_hidden = grads(0.0), grads(1.0)
+  paper, with_hidden, with_embedding = grads(0.0), grads(1.0), grads(0.0, 1.0)
   for name in output_side:
     assert not jnp.any(paper[name][last]), name
     assert float(jnp.abs(with_hidden[name][last]).sum()) > 0, name
-  # The student equal to the teacher still has zero loss with the hidden term.
+    assert float(jnp.abs(with_embedding[name][last]).sum()) > 0, name
+  # The student equal to the teacher still has zero loss with both extra terms.
   full = S.Arch(6, 384, 4.0, 12)
-  t_logits = distill.teacher_relations(teacher(ids, mask), 12, hidden=True)
+  t_logits = distill.teacher_relations(teacher(ids, mask), 12, hidden=True, embedding_mask=mask)
   out = sup(ids, mask, arch=full.as_array())
-  assert float(distill.distill_loss(t_logits, out, full.qkv_width(32), mask, "mse", 384, 1.0)) < 1e-9
+  assert float(distill.distill_loss(t_logits, out, full.qkv_width(32), mask, "mse", 384, 1.0, 1.0)) < 1e-9
+
+
+def test_embedding_similarities_are_cosines_of_mean_pooled_embeddings_over_real_tokens(teacher):
+  ids, mask = _batch(teacher.config.vocab_size)
+  hidden = np.asarray(teacher(ids, mask).hidden)
+  pooled = [hidden[i, :int(n)].mean(0) for i, n in enumerate(np.asarray(mask).sum(1))]
+  unit = np.stack([p / np.linalg.norm(p) for p in pooled])
+  np.testing.assert_allclose(distill.embedding_similarities(jnp.asarray(hidden), mask), unit @ unit.T,
+                             atol=1e-5)
+  # Zeros past a student's width change nothing: a narrow output padded to any width compares.
+  padded = np.concatenate([hidden[..., :96], np.zeros_like(hidden[..., 96:])], -1)
+  np.testing.assert_allclose(distill.embedding_similarities(jnp.asarray(padded), mask),
+                             distill.embedding_similarities(jnp.asarray(hidden[..., :96]), mask), atol=1e-6)
 
 
 def test_teacher_relations_equal_ones_computed_by_hand_from_transformers(teacher, teacher_dir):

@@ -104,3 +104,28 @@ def test_latency_budget_measures_students(setup):
   assert chosen["latency_ms<=1e6"]["name"] == space.largest.name and rows[0]["latency_ms"] > 0
   with pytest.raises(ValueError, match="none of the 2 best students fits"):
     search.select(rows, [search.parse_budget("latency_ms<=1e-9", {})], {"t": sup}, (1, 16))
+
+
+def test_the_search_scores_the_training_objective_with_its_extra_terms(setup, teacher):
+  """With the H-H and sentence-embedding terms on, the evaluator's loss of each student equals the
+  loss the training step reports for it (dropout off, before the update)."""
+  import jax
+  import optax
+
+  from autodistil_jax import train
+
+  sup, space, batches, _ = setup
+  archs = space.enumerate()[::5]
+  sc = train.StepConfig(32, 12, dropout=0.0, hidden_relation_weight=0.5, embedding_relation_weight=2.0)
+  step = jax.jit(train.make_train_step(nnx.graphdef(sup), nnx.graphdef(teacher), optax.sgd(0.0), sc))
+  params = M.get_params(sup)
+  table = jnp.asarray(np.stack([a.as_array() for a in archs]))
+  _, _, metrics = step(params, optax.sgd(0.0).init(params), M.get_params(teacher), batches[0], table,
+                       jax.random.key(0))
+  relations = search.make_teacher_relations(teacher, hidden=True, embedding=True)
+  evaluator = search.make_evaluator(sup, hidden_weight=0.5, embedding_weight=2.0)
+  scored = evaluator(params, relations(M.get_params(teacher), batches[0]), batches[0], table)
+  np.testing.assert_allclose(np.asarray(metrics["losses"]), np.asarray(scored), rtol=1e-5)
+  paper = search.make_evaluator(sup)(params, search.make_teacher_relations(teacher)(
+      M.get_params(teacher), batches[0]), batches[0], table)
+  assert np.all(np.asarray(scored) > np.asarray(paper))  # the extra terms add a positive loss

@@ -148,6 +148,10 @@ def test_records_name_every_changed_key_and_files_by_content(tmp_path):
   assert records.check(path, dict(old), "x", "")
   with pytest.raises(records.StaleInputs, match=r"train.num_steps \(5 -> 7\)"):
     records.check(path, {**old, "train.num_steps": 7}, "x", "")
+  # A key added later is unchanged at the value older records were made with, and only there.
+  assert records.check(path, {**old, "train.embedding_relation_weight": 0.0}, "x", "")
+  with pytest.raises(records.StaleInputs, match=r"embedding_relation_weight \(0.0 -> 1.0\)"):
+    records.check(path, {**old, "train.embedding_relation_weight": 1.0}, "x", "")
 
 
 # Path pieces of a run directory: only workdir.py may join them onto a directory.
