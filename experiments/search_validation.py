@@ -1,0 +1,141 @@
+"""Issue 15 part 3: does the search pick well? Kendall's tau between the search's held-out loss and
+the evaluation suite's measures, over students spread across each sub-space, with bootstrap
+confidence intervals (resampling students).
+
+  python experiments/search_validation.py --workdir=runs/demo_proxy --out=docs/search_validation \
+      --config.data.corpus='../shared/data/wikitext-2/*.txt' --config.data.glue_dir=../shared/data/glue
+
+--workdir is a workdir whose search stage has run (its results.csv and SuperLM checkpoints);
+--config the config it was made with (default configs/demo.py, overrides as on launch/main.py).
+Per sub-space, --students students evenly spaced over the search's loss ranking (the best, the
+worst and the ones between) are scored inside their SuperLM by the suite (one compiled program);
+one JSON per sub-space under --out, skipped on a re-run; results.md is rewritten after each.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import shlex
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "demo.py"),
+                                          "The config the workdir was made with.", lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir whose search stage has run.")
+_OUT = flags.DEFINE_string("out", None, "Folder for the cells (JSON) and results.md.")
+_STUDENTS = flags.DEFINE_integer("students", 16, "Students per sub-space, spread over the loss ranking.")
+_SUBSPACES = flags.DEFINE_list("subspaces", [], "Sub-spaces to score (default: every one searched).")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the students per tau.")
+flags.mark_flags_as_required(["workdir", "out"])
+
+# Suite measures the search's loss should predict: (column, title, higher is better).
+MEASURES = (("relation", "suite relation loss", False), ("cka", "CKA to the teacher", True),
+            ("sts_spearman", "zero-shot STS-B ρ", True), ("probe_avg", "probe average", True),
+            ("probe_sst2", "SST-2 probe", True))
+
+
+def spread(rows: list[dict], count: int) -> list[dict]:
+  """`count` rows evenly spaced over the loss ranking (all of them when there are fewer)."""
+  ranked = sorted(rows, key=lambda r: float(r["loss"]))
+  if count >= len(ranked):
+    return ranked
+  return [ranked[i] for i in np.unique(np.linspace(0, len(ranked) - 1, count).round().astype(int))]
+
+
+def tau_with_interval(loss: np.ndarray, measure: np.ndarray, higher_better: bool, resamples: int,
+                      seed: int = 0) -> tuple[float, float, float]:
+  """Kendall's tau between the search's ranking (low loss first) and the measure's (best first),
+  with the 2.5th and 97.5th percentiles of its bootstrap over students."""
+  from scipy.stats import kendalltau
+
+  sign = 1.0 if higher_better else -1.0
+  tau = lambda idx: kendalltau(-loss[idx], sign * measure[idx]).statistic
+  rng = np.random.default_rng(seed)
+  draws = [tau(rng.integers(0, len(loss), len(loss))) for _ in range(resamples)]
+  low, high = np.nanpercentile(draws, [2.5, 97.5])
+  return float(tau(np.arange(len(loss)))), float(low), float(high)
+
+
+def report(cells: dict[str, list[dict]], resamples: int) -> str:
+  lines = ["# Does the search pick well? (issue 15, part 3)", "",
+           "Produced by `experiments/search_validation.py` (command in its docstring; this run: "
+           f"`{' '.join(shlex.quote(a) for a in sys.argv)}`).", "",
+           "Kendall's tau between the search's held-out relation loss (low first) and each suite "
+           f"measure (best first); 95% interval from {resamples} bootstrap resamples of the students.",
+           "", "| sub-space | students | " + " | ".join(t for _, t, _ in MEASURES) + " |",
+           "|---|---|" + "---|" * len(MEASURES)]
+  pooled = [r for rows in cells.values() for r in rows]
+  for name, rows in [*cells.items(), *([("all (pooled)", pooled)] if len(cells) > 1 else [])]:
+    loss = np.array([r["search_loss"] for r in rows])
+    parts = []
+    for column, _, higher in MEASURES:
+      tau, low, high = tau_with_interval(loss, np.array([r[column] for r in rows]), higher, resamples)
+      parts.append(f"{tau:+.2f} [{low:+.2f}, {high:+.2f}]")
+    lines.append(f"| {name} | {len(rows)} | " + " | ".join(parts) + " |")
+  lines += ["", "Students (search loss, suite measures):", "",
+            "| sub-space | student | search loss | " + " | ".join(t for _, t, _ in MEASURES) + " |",
+            "|---|---|---|" + "---|" * len(MEASURES)]
+  for name, rows in cells.items():
+    for r in rows:
+      lines.append(f"| {name} | {r['arch']} | {r['search_loss']:.5f} | "
+                   + " | ".join(f"{r[c]:.4f}" if c == "relation" else f"{r[c]:.3f}" for c, _, _ in MEASURES)
+                   + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from autodistil_jax import data, evaluate, hf_io, parallel, pipeline
+  from autodistil_jax.search_space import Arch
+  from autodistil_jax.train import load_superlm
+  from autodistil_jax.workdir import Workdir
+
+  config, out = _CONFIG.value, pathlib.Path(_OUT.value)
+  wd = Workdir.at(_WORKDIR.value)
+  results = pathlib.Path(wd.search_file("results"))
+  if not results.is_file():
+    raise app.UsageError(f"{results} does not exist: run the search stage (--mode=search) on {wd} first")
+  with results.open() as f:
+    by_space: dict[str, list[dict]] = {}
+    for row in csv.DictReader(f):
+      if not _SUBSPACES.value or row["subspace"] in _SUBSPACES.value:
+        by_space.setdefault(row["subspace"], []).append(row)
+  out.mkdir(parents=True, exist_ok=True)
+  teacher = hf_io.load_bert(config.teacher)
+  teacher_dir = hf_io.resolve_checkpoint(config.teacher)
+  settings, texts = evaluate.read_inputs(config)
+  tokens, _, held = pipeline.load_split_corpus(config, wd)
+  heldout = data.heldout_batches(tokens, held, config.search.batch_size, teacher.config.pad_token_id)
+  suite = evaluate.build_suite(settings, texts, data.load_tokenizer(teacher_dir), teacher, heldout)
+  mesh = parallel.make_mesh()
+  cells = {}
+  for name, rows in by_space.items():
+    path = out / f"{name}.json"
+    if not path.is_file():
+      chosen = spread(rows, _STUDENTS.value)
+      archs = [Arch(int(r["layers"]), int(r["hidden"]), float(r["mlp_ratio"]), int(r["heads"]))
+               for r in chosen]
+      superlm, step = load_superlm(config, wd, name, teacher, mesh)
+      start = time.perf_counter()
+      scored = evaluate.run_suite([evaluate.Subject(name, "searched", superlm, archs)], suite)
+      cell = [{**s, "search_loss": float(r["loss"]), "superlm_step": step}
+              for s, r in zip(scored, chosen, strict=True)]
+      path.write_text(json.dumps({"rows": cell, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
+      print(f"[search_validation] {name}: {len(cell)} students in {time.perf_counter() - start:.0f} s")
+    cells[name] = json.loads(path.read_text())["rows"]
+    (out / "results.md").write_text(report(cells, _BOOTSTRAP.value))
+  print(f"[search_validation] {out / 'results.md'}")
+
+
+if __name__ == "__main__":
+  app.run(main)
