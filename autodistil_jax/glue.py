@@ -182,6 +182,23 @@ def read_tsv(task: Task, glue_dir: str | os.PathLike, split: str) -> Examples:
   return Examples(texts, np.asarray(labels, dtype))
 
 
+def write_training_sentences(glue_dir: str | os.PathLike, tasks: list[str], target: Path) -> Path:
+  """The unlabeled sentences of the tasks' training sets (labels are not read), one per line,
+  each once, written to `target` (kept when it exists): a transfer corpus of sentences."""
+  from autodistil_jax.workdir import write_text_atomic
+
+  target = Path(target)
+  if target.is_file():
+    return target
+  seen: dict[str, None] = {}
+  for name in tasks:
+    for row in read_split(get_task(name), glue_dir, "train").texts:
+      seen.update(dict.fromkeys(t.strip() for t in row if t.strip()))
+  target.parent.mkdir(parents=True, exist_ok=True)
+  write_text_atomic(target, "\n".join(seen) + "\n")
+  return target
+
+
 def seeded_subset(n: int, keep: int, seed: int) -> np.ndarray:
   """Sorted indices of a seeded random `keep` of `n` examples (all of them when keep is 0 or >= n)."""
   if keep <= 0 or keep >= n:

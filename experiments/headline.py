@@ -55,22 +55,6 @@ class Timer:
     return result
 
 
-def write_glue_sentences(data_dir: pathlib.Path, tasks: list[str], target: pathlib.Path) -> pathlib.Path:
-  """The unlabeled sentences of the GLUE training sets, one per line (labels are not read)."""
-  from autodistil_jax import glue
-  from autodistil_jax.workdir import write_text_atomic
-
-  if target.is_file():
-    return target
-  seen: dict[str, None] = {}
-  for name in tasks:
-    for row in glue.read_split(glue.get_task(name), data_dir / "glue", "train").texts:
-      seen.update(dict.fromkeys(t.strip() for t in row if t.strip()))
-  write_text_atomic(target, "\n".join(seen) + "\n")
-  print(f"[headline] transfer set: {len(seen)} GLUE training sentences -> {target}")
-  return target
-
-
 def transfer_corpus(data_dir: pathlib.Path, glue_file: pathlib.Path) -> str:
   parts = [data_dir / "wikitext-2" / "valid.txt", data_dir / "wikitext-2" / "test.txt",
            data_dir / "tinyshakespeare" / "input.txt", glue_file]
@@ -106,8 +90,10 @@ def main(argv):
     print(f"[headline] report (cells run so far): {path}")
     return
   config = ml_collections.ConfigDict(_CONFIG.value.to_dict())
-  glue_file = write_glue_sentences(data_dir, list(config.glue.tasks),
-                                   wd.experiment_file("headline", "glue_train.txt"))
+  from autodistil_jax import glue
+
+  glue_file = glue.write_training_sentences(data_dir / "glue", list(config.glue.tasks),
+                                            wd.experiment_file("headline", "glue_train.txt"))
   config.data.corpus = transfer_corpus(data_dir, glue_file)
   config.data.glue_dir = str(data_dir / "glue")
   # Each stage is reused while its record matches the config (and refused, naming keys, if not).

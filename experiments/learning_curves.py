@@ -14,6 +14,7 @@ when it is done; a re-run skips them; results.md is rewritten after each.
 
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 import shlex
@@ -41,7 +42,10 @@ VARIANTS = {
     "lr4e-5": {"learning_rate": 4e-5},  # the paper's peak learning rate instead of the demo's 2e-4
     # + the similarities of the batch's mean-pooled sentence embeddings (what the teacher is for)
     "lr4e-5_embed1": {"learning_rate": 4e-5, "embedding_relation_weight": 1.0},
+    # the unlabeled sentences of the GLUE training sets, one per sequence, instead of WikiText-2
+    "lr4e-5_glue": {"learning_rate": 4e-5, "data": {"corpus": "glue sentences", "pack": False}},
 }
+GLUE_SENTENCES = ("sst2", "mrpc", "rte", "cola", "stsb")
 
 
 def variant_config(name: str, data_dir: pathlib.Path, steps: int) -> ml_collections.ConfigDict:
@@ -52,7 +56,14 @@ def variant_config(name: str, data_dir: pathlib.Path, steps: int) -> ml_collecti
   config.data.corpus = f"{data_dir}/wikitext-2/*.txt"
   config.data.glue_dir = str(data_dir / "glue")
   config.train.num_steps = steps
-  config.train.update(VARIANTS[name])
+  overrides = dict(VARIANTS[name])
+  if "data" in overrides:
+    from autodistil_jax import glue
+
+    config.data.update(overrides.pop("data"))
+    target = pathlib.Path(_WORKDIR.value) / f"{name}.glue_sentences.txt"  # beside its workdir
+    config.data.corpus = str(glue.write_training_sentences(data_dir / "glue", list(GLUE_SENTENCES), target))
+  config.train.update(overrides)
   return config
 
 
@@ -152,7 +163,8 @@ def plot(out: pathlib.Path, students: dict) -> None:
       colour = colours[i % len(colours)]
       if "sliced-0" in cells:
         ax.axhline(cells["sliced-0"][i].get(key, float("nan")), color=colour, linestyle=":", linewidth=1)
-      for style, variant in zip(("-", "--", "-.", (0, (3, 1, 1, 1, 1, 1))), VARIANTS, strict=True):
+      styles = itertools.cycle(("-", "--", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1))))
+      for style, variant in zip(styles, VARIANTS, strict=False):  # styles cycle without end
         done = sorted((int(n.rsplit("-", 1)[1]), rows) for n, rows in cells.items()
                       if n.rsplit("-", 1)[0] == variant)
         if done:
