@@ -204,7 +204,7 @@ def students_per_call(settings: ProxySettings, superlm_config: EncoderConfig, st
 
 @functools.lru_cache(maxsize=16)
 def make_program(superlm_config: EncoderConfig, task: glue.Task, dropout: float, attention_dropout: float,
-                 mesh: jax.sharding.Mesh, chunk: int, batching: str = "vmap"):
+                 mesh: jax.sharding.Mesh, chunk: int, batching: str):
   """Jitted (start, train_step, predict) for `chunk` students of a SuperLM of `superlm_config`:
   start(params, head) -> stacked per-student parameters and AdamW states; train_step and predict
   are finetune's, over students (parameters, optimizer state and arch; one shared batch) by

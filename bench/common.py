@@ -3,6 +3,7 @@ step, interleaved timing and exact FLOP counts."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import time
@@ -18,7 +19,7 @@ from flax import nnx
 
 from autodistil_jax import data, distill, hf_io
 from autodistil_jax.defaults import base_config
-from autodistil_jax.model import BertEncoder, EncoderConfig, slice_params
+from autodistil_jax.model import BertEncoder, EncoderConfig, get_params, init_superlm, slice_params
 from autodistil_jax.search_space import (
   PAPER_SUBSPACES,
   Arch,
@@ -66,6 +67,47 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   config = base_config().train
   config.update(overrides)
   return config
+
+
+@dataclasses.dataclass
+class MaskedStep:
+  """The masked SuperLM step of a sub-space as the benchmarks run it, with its fixed inputs."""
+  superlm: BertEncoder
+  optimizer: object
+  sc: StepConfig
+  step: Callable  # jitted over the mesh (train.jit_train_step)
+  teacher_params: dict
+  batch: dict
+  archs: jax.Array  # the sandwich of step 0: [4, 4]
+  key: jax.Array
+
+  def fresh_state(self, mesh) -> list:
+    """[params, opt_state]: a copy of the SuperLM's parameters each (the step donates them)."""
+    from autodistil_jax import parallel
+
+    params = parallel.replicate(mesh, jax.tree.map(jnp.copy, get_params(self.superlm)))
+    return [params, self.optimizer.init(params)]
+
+  def inputs(self, mesh) -> list:
+    """Everything the step takes, in order, with fresh parameters and optimizer state."""
+    return [*self.fresh_state(mesh), self.teacher_params, self.batch, self.archs, self.key]
+
+
+def masked_step(args, teacher: BertEncoder, space: SubSpace, mesh) -> MaskedStep:
+  """The masked step for `space` under the benchmark flags (batch, seq_len, dtype, student_batching,
+  corpus)."""
+  from autodistil_jax import parallel, train
+
+  parallel.check_batch_size(args.batch, mesh)
+  superlm = init_superlm(teacher, space)
+  sc = step_config(teacher, args.dtype, student_batching=args.student_batching)
+  optimizer = train.make_optimizer(train_config(num_steps=1000))
+  step = train.jit_train_step(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher),
+                                                    optimizer, sc), mesh)
+  batch = parallel.global_batch(mesh, {k: jax.device_get(v) for k, v in make_batch(
+      args.batch, args.seq_len, teacher.config.vocab_size, args.corpus).items()})
+  return MaskedStep(superlm, optimizer, sc, step, parallel.replicate(mesh, get_params(teacher)), batch,
+                    train.sandwich_archs(space, 0, 0, 2), jax.random.key(0))
 
 
 def dense_graphdef(cfg: EncoderConfig) -> nnx.GraphDef:

@@ -13,11 +13,8 @@ import resource
 
 import common
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
-from autodistil_jax import parallel, train
-from autodistil_jax.model import get_params, init_superlm
+from autodistil_jax import parallel
 
 MIB = 1 << 20
 
@@ -32,26 +29,18 @@ def main():
   parallel.check_batch_size(args.batch, mesh)
   print(f"device: {common.device_description()}; size={args.size} batch={args.batch} "
         f"seq_len={args.seq_len} dtype={args.dtype} students={args.student_batching}")
-  teacher_params = parallel.replicate(mesh, get_params(teacher))
-  batch = parallel.global_batch(mesh, {k: jax.device_get(v) for k, v in common.make_batch(
-      args.batch, args.seq_len, teacher.config.vocab_size, args.corpus).items()})
   results = []
   for name in args.subspaces.split(","):
-    superlm = init_superlm(teacher, spaces[name])
-    sc = common.step_config(teacher, args.dtype, student_batching=args.student_batching)
-    optimizer = train.make_optimizer(common.train_config(num_steps=1000))
-    step = train.jit_train_step(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher),
-                                                      optimizer, sc), mesh)
-    params = parallel.replicate(mesh, jax.tree.map(jnp.copy, get_params(superlm)))
-    opt_state = optimizer.init(params)
-    archs = train.sandwich_archs(spaces[name], 0, 0, 2)
-    compiled = step.lower(params, opt_state, teacher_params, batch, archs, jax.random.key(0)).compile()
+    masked = common.masked_step(args, teacher, spaces[name], mesh)
+    inputs = masked.inputs(mesh)
+    params = inputs[0]
+    compiled = masked.step.lower(*inputs).compile()
     m = compiled.memory_analysis()
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
     if "peak_bytes_in_use" in stats and hasattr(device, "reset_peak_memory_stats"):
       device.reset_peak_memory_stats()
-    jax.block_until_ready(step(params, opt_state, teacher_params, batch, archs, jax.random.key(0)))
+    jax.block_until_ready(masked.step(*inputs))
     stats = device.memory_stats() or {}
     r = {"subspace": name, "params_mib": sum(x.size * 4 for x in jax.tree.leaves(params)) / MIB,
          "xla_argument_mib": m.argument_size_in_bytes / MIB, "xla_output_mib": m.output_size_in_bytes / MIB,

@@ -21,12 +21,9 @@ from pathlib import Path
 import common
 import hlo_breakdown
 import jax
-import jax.numpy as jnp
 from absl import flags
-from flax import nnx
 
-from autodistil_jax import parallel, train
-from autodistil_jax.model import get_params, init_superlm
+from autodistil_jax import parallel
 
 common.define_flags(batch=16, step_flags=True)
 flags.DEFINE_string("subspace", "base", "which sub-space's SuperLM step is profiled")
@@ -36,22 +33,12 @@ flags.mark_flags_as_required(["out"])
 
 
 def build_step(args):
-  """(jitted masked step, its arguments, the module's HLO text)."""
+  """(the compiled masked step, its inputs, the module's HLO text)."""
   teacher, spaces = common.teacher_and_subspaces(args.size)
-  space = spaces[args.subspace]
-  superlm = init_superlm(teacher, space)
   mesh = parallel.make_mesh()
-  parallel.check_batch_size(args.batch, mesh)
-  sc = common.step_config(teacher, args.dtype, student_batching=args.student_batching)
-  optimizer = train.make_optimizer(common.train_config(num_steps=1000))
-  step = train.jit_train_step(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher),
-                                                    optimizer, sc), mesh)
-  params = parallel.replicate(mesh, jax.tree.map(jnp.copy, get_params(superlm)))
-  batch = parallel.global_batch(mesh, {k: jax.device_get(v) for k, v in common.make_batch(
-      args.batch, args.seq_len, teacher.config.vocab_size, args.corpus).items()})
-  state = [params, optimizer.init(params), parallel.replicate(mesh, get_params(teacher)), batch,
-           train.sandwich_archs(space, 0, 0, 2), jax.random.key(0)]
-  compiled = step.lower(*state).compile()
+  masked = common.masked_step(args, teacher, spaces[args.subspace], mesh)
+  state = masked.inputs(mesh)
+  compiled = masked.step.lower(*state).compile()
   return compiled, state, compiled.as_text()
 
 

@@ -14,12 +14,10 @@ import json
 
 import common
 import jax
-import jax.numpy as jnp
 from absl import flags
 from flax import nnx
 
 from autodistil_jax import parallel, train
-from autodistil_jax.model import get_params, init_superlm
 from autodistil_jax.search_space import sandwich_sample
 
 common.define_flags(batch=16, step_flags=True)
@@ -33,27 +31,15 @@ def block(tree):
 
 
 def bench_subspace(name, teacher, space, args) -> dict:
-  superlm = init_superlm(teacher, space)
-  archs = sandwich_sample(space, seed=0, step=0)
   mesh = parallel.make_mesh()
-  parallel.check_batch_size(args.batch, mesh)
-  sc = common.step_config(teacher, args.dtype, student_batching=args.student_batching)
-  optimizer = train.make_optimizer(common.train_config(num_steps=1000))
-  batch = parallel.global_batch(mesh, {k: jax.device_get(v) for k, v in common.make_batch(
-      args.batch, args.seq_len, teacher.config.vocab_size, args.corpus).items()})
-  teacher_params = parallel.replicate(mesh, get_params(teacher))
-  arch_table = train.sandwich_archs(space, 0, 0, 2)
-  key = jax.random.key(0)
-
-  masked = train.jit_train_step(train.make_train_step(nnx.graphdef(superlm), nnx.graphdef(teacher),
-                                                      optimizer, sc), mesh)
+  m = common.masked_step(args, teacher, space, mesh)
+  superlm, optimizer, sc, masked = m.superlm, m.optimizer, m.sc, m.step
+  teacher_params, batch, arch_table, key = m.teacher_params, m.batch, m.archs, m.key
+  archs = sandwich_sample(space, seed=0, step=0)
   statics = {} if args.masked_only else {
       "static4": common.make_static_step(superlm, teacher, archs, optimizer, sc),
       "largest": common.make_static_step(superlm, teacher, archs[:1], optimizer, sc)}
-  state = {}
-  for k in ("masked", *statics):  # each its own copy: the steps donate their buffers
-    p = parallel.replicate(mesh, jax.tree.map(jnp.copy, get_params(superlm)))
-    state[k] = [p, optimizer.init(p)]
+  state = {k: m.fresh_state(mesh) for k in ("masked", *statics)}  # each its own: steps donate
 
   def run_masked():
     s = state["masked"]

@@ -43,7 +43,7 @@ VARIANTS = {
     # + the similarities of the batch's mean-pooled sentence embeddings (what the teacher is for)
     "lr4e-5_embed1": {"learning_rate": 4e-5, "embedding_relation_weight": 1.0},
     # the unlabeled sentences of the GLUE training sets, one per sequence, instead of WikiText-2
-    "lr4e-5_glue": {"learning_rate": 4e-5, "data": {"corpus": "glue sentences", "pack": False}},
+    "lr4e-5_glue": {"learning_rate": 4e-5, "glue_sentences": True},
 }
 GLUE_SENTENCES = ("sst2", "mrpc", "rte", "cola", "stsb")
 
@@ -57,12 +57,12 @@ def variant_config(name: str, data_dir: pathlib.Path, steps: int) -> ml_collecti
   config.data.glue_dir = str(data_dir / "glue")
   config.train.num_steps = steps
   overrides = dict(VARIANTS[name])
-  if "data" in overrides:
+  if overrides.pop("glue_sentences", False):  # one sentence per sequence, as a sentence encoder sees
     from autodistil_jax import glue
 
-    config.data.update(overrides.pop("data"))
     target = pathlib.Path(_WORKDIR.value) / f"{name}.glue_sentences.txt"  # beside its workdir
     config.data.corpus = str(glue.write_training_sentences(data_dir / "glue", list(GLUE_SENTENCES), target))
+    config.data.pack = False
   config.train.update(overrides)
   return config
 
