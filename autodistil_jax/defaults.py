@@ -107,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.glue.dropout = 0.1  # hidden dropout, and on the pooled [CLS] before the head
   c.glue.attention_dropout = 0.1  # on attention probabilities, as BERT's attention_probs_dropout_prob
   c.glue.max_train_examples = 0  # 0: all; else a seeded subset (for quick runs)
+  # "vmap": the seeds of a (model, task) side by side in one step; "sequential": one after another;
+  # "auto": vmap on accelerators (a single seed's step is launch-bound there), sequential on CPU.
+  c.glue.seed_batching = "auto"
   c.glue.include_teacher = True
   c.glue.models = ()  # further HF BERT directories to fine-tune beside the exports
 

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from autodistil_jax import data, glue, hf_io, parallel, records, storage
+from autodistil_jax import data, finetune_report, glue, hf_io, parallel, records, storage
 from autodistil_jax.model import BertEncoder, EncoderConfig, count_params, get_params
 from autodistil_jax.search_space import exact_flops
 from autodistil_jax.workdir import Workdir, write_text_atomic
@@ -127,6 +127,37 @@ def make_functions(encoder_config: EncoderConfig, task: glue.Task, dropout: floa
   return optimizer, train_step, jax.jit(predict, in_shardings=(rep, data), out_shardings=rep)
 
 
+@functools.lru_cache(maxsize=64)
+def make_seed_functions(encoder_config: EncoderConfig, task: glue.Task, dropout: float,
+                        attention_dropout: float, mesh: jax.sharding.Mesh, dtype=jnp.float32):
+  """make_functions for several seeds side by side: parameters and optimizer state carry a leading
+  seed axis, a batch is [batch, seed, ...] (sharded over the mesh on its batch axis), and each seed's
+  dropout key is fold_in(its base key, step), as finetune draws it."""
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: BertEncoder(encoder_config, rngs=nnx.Rngs(0))))
+  optimizer = make_optimizer()
+  train_step, predict = step_functions(graphdef, task, dropout, attention_dropout, optimizer, dtype)
+
+  def seeds_step(params, opt_state, batch, base_keys, step, schedule):
+    one = lambda p, o, b, k: train_step(p, o, b, jax.random.fold_in(k, step), schedule)
+    return jax.vmap(one, in_axes=(0, 0, 1, 0))(params, opt_state, batch, base_keys)
+
+  rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  seeds_step = jax.jit(seeds_step, in_shardings=(rep, rep, data, rep, rep, rep),
+                       out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
+  seeds_predict = jax.jit(jax.vmap(predict, in_axes=(0, None)), in_shardings=(rep, data),
+                          out_shardings=rep)
+  return optimizer, seeds_step, seeds_predict
+
+
+def stack_seeds(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """One batch per seed -> one [batch, seed, ...] batch; each seed's batch was cut to its own
+  longest row (trim_padding), so the shorter ones are padded back to the longest of them (padding
+  is masked: a seed's examples compute what they would alone)."""
+  width = max(b["input_ids"].shape[1] for b in batches)
+  widen = lambda v: np.pad(v, [(0, 0), (0, width - v.shape[1])]) if v.ndim == 2 else v
+  return {k: np.stack([widen(b[k]) for b in batches], axis=1) for k in batches[0]}
+
+
 def trim_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
   """Drops the padding columns no row of the batch uses, keeping the length a multiple of
   `multiple` (so a task compiles a few shapes, not one per batch). 0: keep every column."""
@@ -161,20 +192,38 @@ class RunResult:
   epochs: list[dict[str, dict[str, float]]]
 
 
+def _steps_per_epoch(task: glue.Task, train: dict[str, np.ndarray], cfg, mesh) -> int:
+  parallel.check_batch_size(cfg.batch_size, mesh)
+  parallel.check_batch_size(cfg.eval_batch_size, mesh)
+  steps = len(train["labels"]) // cfg.batch_size
+  if steps == 0:
+    raise ValueError(f"{task.name}: {len(train['labels'])} training examples are fewer than one "
+                     f"batch of {cfg.batch_size}")
+  return steps
+
+
+def _run_result(task: glue.Task, learning_rate: float, seed: int, epochs: list[dict]) -> RunResult:
+  """The run with its best epoch: the first of the highest main score on the first dev split."""
+  best_epoch, best_score = -1, -np.inf
+  for i, scores in enumerate(epochs):
+    if (score := glue.main_score(task, next(iter(scores.values())))) > best_score:
+      best_epoch, best_score = i, score
+  return RunResult(learning_rate, seed, best_epoch, epochs[best_epoch], epochs)
+
+
+def _progress(total: int, desc: str) -> tqdm:
+  return tqdm(total=total, desc=desc, unit="step", leave=False, disable=jax.process_index() != 0,
+              dynamic_ncols=True)
+
+
 def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray],
              dev: dict[str, dict[str, np.ndarray]], cfg: ml_collections.ConfigDict, learning_rate: float,
              seed: int, mesh: jax.sharding.Mesh, desc: str = "") -> RunResult:
   """One fine-tuning run; the best epoch is chosen on the first dev split's main score."""
-  parallel.check_batch_size(cfg.batch_size, mesh)
-  parallel.check_batch_size(cfg.eval_batch_size, mesh)
-  steps_per_epoch = len(train["labels"]) // cfg.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"{task.name}: {len(train['labels'])} training examples are fewer than one "
-                     f"batch of {cfg.batch_size}")
-  total = steps_per_epoch * cfg.epochs
+  steps_per_epoch = _steps_per_epoch(task, train, cfg, mesh)
   optimizer, train_step, predict = make_functions(
       encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh)
-  schedule = schedule_values(mesh, learning_rate, total, cfg.warmup_ratio)
+  schedule = schedule_values(mesh, learning_rate, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
   params = {"encoder": get_params(encoder),
             "head": init_head(encoder.config.hidden, task.num_labels, seed)}
   # A copy: the step donates its parameters, and the encoder's own arrays must survive this run.
@@ -182,9 +231,8 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
   opt_state = parallel.replicate(mesh, optimizer.init(params))
   rng = np.random.default_rng(seed)
   base_key = jax.random.key(seed)
-  epochs, best_epoch, best_score = [], -1, -np.inf
-  bar = tqdm(total=steps_per_epoch * cfg.epochs, desc=desc, unit="step", leave=False,
-             disable=jax.process_index() != 0, dynamic_ncols=True)
+  epochs = []
+  bar = _progress(steps_per_epoch * cfg.epochs, desc)
   step = 0
   for _ in range(cfg.epochs):
     for batch, _ in batches(train, cfg.batch_size, rng.permutation(len(train["labels"])),
@@ -193,16 +241,51 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
                                         jax.random.fold_in(base_key, step), schedule)
       step += 1
       bar.update(1)
-    scores = {}
-    for split, features in dev.items():
-      preds = predict_all(predict, params, features, cfg.eval_batch_size, cfg.pad_multiple, mesh)
-      scores[split] = glue.compute_metrics(task, preds, features["labels"])
-    epochs.append(scores)
-    score = glue.main_score(task, next(iter(scores.values())))
-    if score > best_score:
-      best_epoch, best_score = len(epochs) - 1, score
+    epochs.append({split: glue.compute_metrics(task, predict_all(
+        predict, params, features, cfg.eval_batch_size, cfg.pad_multiple, mesh), features["labels"])
+                   for split, features in dev.items()})
   bar.close()
-  return RunResult(learning_rate, seed, best_epoch, epochs[best_epoch], epochs)
+  return _run_result(task, learning_rate, seed, epochs)
+
+
+def finetune_seeds(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray],
+                   dev: dict[str, dict[str, np.ndarray]], cfg: ml_collections.ConfigDict,
+                   learning_rate: float, seeds: Sequence[int], mesh: jax.sharding.Mesh,
+                   desc: str = "") -> list[RunResult]:
+  """finetune for every seed, side by side: one compiled step trains each seed's copy on its own
+  batch (a vmap over seeds), where an accelerator would run one small, launch-bound step per seed.
+  Each seed sees finetune's batches, head and dropout keys; where batches are cut
+  (cfg.pad_multiple > 0) dropout draws over the padded width, so a seed's run is finetune's up to
+  which units dropout drops (the same run with pad_multiple 0 or without dropout)."""
+  steps_per_epoch = _steps_per_epoch(task, train, cfg, mesh)
+  optimizer, train_step, predict = make_seed_functions(
+      encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh)
+  schedule = schedule_values(mesh, learning_rate, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
+  encoder_params = get_params(encoder)
+  per_seed = [{"encoder": encoder_params, "head": init_head(encoder.config.hidden, task.num_labels, s)}
+              for s in seeds]
+  params = parallel.replicate(mesh, jax.tree.map(lambda *x: jnp.stack(x), *per_seed))
+  opt_state = parallel.replicate(mesh, jax.vmap(optimizer.init)(params))
+  base_keys = parallel.replicate(mesh, jnp.stack([jax.random.key(s) for s in seeds]))
+  orders = [np.random.default_rng(s) for s in seeds]  # finetune's permutations, seed by seed
+  epochs: list[list[dict]] = [[] for _ in seeds]
+  bar = _progress(steps_per_epoch * cfg.epochs, desc)
+  step = 0
+  for _ in range(cfg.epochs):
+    streams = [batches(train, cfg.batch_size, r.permutation(len(train["labels"])),
+                       pad_multiple=cfg.pad_multiple) for r in orders]
+    for together in zip(*streams, strict=True):
+      batch = parallel.global_batch_from_full(mesh, stack_seeds([b for b, _ in together]))
+      params, opt_state, _ = train_step(params, opt_state, batch, base_keys, step, schedule)
+      step += 1
+      bar.update(1)
+    preds = {split: predict_all(predict, params, features, cfg.eval_batch_size, cfg.pad_multiple, mesh)
+             for split, features in dev.items()}  # [seed, example]
+    for i, seed_epochs in enumerate(epochs):
+      seed_epochs.append({split: glue.compute_metrics(task, p[i], dev[split]["labels"])
+                          for split, p in preds.items()})
+  bar.close()
+  return [_run_result(task, learning_rate, s, e) for s, e in zip(seeds, epochs, strict=True)]
 
 
 Features = dict[str, np.ndarray]
@@ -232,7 +315,8 @@ def finetune_models(config: ml_collections.ConfigDict, wd: Workdir,
 
 
 # Settings a result does not depend on: which other tasks and models are run beside it.
-_NOT_INPUTS = ("tasks", "models", "include_teacher", "eval_batch_size")
+# seed_batching: how the seeds run, not what (finetune_seeds' docstring says how close).
+_NOT_INPUTS = ("tasks", "models", "include_teacher", "eval_batch_size", "seed_batching")
 
 
 def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, model_identity: str) -> dict:
@@ -292,7 +376,7 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
               f"(+-{100 * result['score_std']:.1f}, lr {result['best_lr']:g})")
   if jax.process_index() == 0:
     _update_cards(wd, [t.name for t in tasks])
-  return write_summary(wd, list(models), [t.name for t in tasks])
+  return finetune_report.write_summary(wd, list(models), [t.name for t in tasks])
 
 
 def _update_cards(wd: Workdir, tasks: Sequence[str]) -> None:
@@ -307,14 +391,30 @@ def _update_cards(wd: Workdir, tasks: Sequence[str]) -> None:
       write_text_atomic(directory / "README.md", cards.put_glue(directory / "README.md", results, teacher))
 
 
+SEED_BATCHING = ("auto", "vmap", "sequential")
+
+
+def seeds_side_by_side(g: ml_collections.ConfigDict) -> bool:
+  """config.glue.seed_batching: "vmap" (finetune_seeds), "sequential" (finetune per seed) or
+  "auto": side by side on an accelerator, where a step of one seed is launch-bound, and one after
+  another on a CPU, where the arithmetic is the cost either way."""
+  way = g.get("seed_batching", "auto")
+  return len(g.seeds) > 1 and (way == "vmap" or way == "auto" and jax.default_backend() != "cpu")
+
+
 def _finetune_task(encoder, task: glue.Task, splits, tokenizer, config, mesh, model_name: str) -> dict:
   """Every learning rate x seed of the grid on one task; the best learning rate by mean score."""
   g = config.glue
   train, dev = task_features(task, splits, tokenizer, g.seq_len, g.max_train_examples, config.seed)
   start = time.perf_counter()
-  runs = [finetune(encoder, task, train, dev, g, lr, seed, mesh,
-                   desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
-          for lr in g.learning_rates for seed in g.seeds]
+  if seeds_side_by_side(g):
+    runs = [run for lr in g.learning_rates for run in finetune_seeds(
+        encoder, task, train, dev, g, lr, list(g.seeds), mesh,
+        desc=f"{model_name} {task.name} lr={lr:g} seeds={','.join(map(str, g.seeds))}")]
+  else:
+    runs = [finetune(encoder, task, train, dev, g, lr, seed, mesh,
+                     desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
+            for lr in g.learning_rates for seed in g.seeds]
   by_lr = {lr: [glue.main_score(task, next(iter(r.best.values()))) for r in runs
                 if r.learning_rate == lr] for lr in g.learning_rates}
   best_lr = max(by_lr, key=lambda lr: np.nan_to_num(np.mean(by_lr[lr]), nan=-np.inf))
@@ -327,63 +427,3 @@ def _finetune_task(encoder, task: glue.Task, splits, tokenizer, config, mesh, mo
           "trivial_score": glue.trivial_score(task, train["labels"], next(iter(dev.values()))["labels"]),
           "seconds": round(time.perf_counter() - start, 1),  # every run, compiles included
           "runs": [dataclasses.asdict(r) for r in runs]}
-
-
-# A task counts as learnt when a model beats one that learnt nothing by this many points.
-LEARNT_MARGIN = 1.0
-
-
-def write_summary(wd: Workdir, models: list[str], tasks: list[str]) -> Path:
-  """wd.glue_summary("csv") and ("md"): model, params, FLOPs, a column per task, average.
-
-  A task the teacher did not learn (not LEARNT_MARGIN above the majority-class score) measures the
-  protocol, not the models: it stays in the table, marked, and is left out of the average."""
-  import csv
-
-  rows, trivial_of = [], {}  # trivial_of: (model, task) -> the score of learning nothing
-  for model in models:
-    results = {}
-    for task in tasks:
-      path = wd.glue_result(model, task)
-      if path.is_file():
-        results[task] = json.loads(path.read_text())
-    if not results:
-      continue
-    first = next(iter(results.values()))
-    row = {"model": model, "params": first["params"], "gflops": first["flops"] / 1e9}
-    for task in tasks:
-      row[task] = 100 * results[task]["score_mean"] if task in results else float("nan")
-      row[f"{task}_std"] = 100 * results[task]["score_std"] if task in results else float("nan")
-      trivial = 100 * results.get(task, {}).get("trivial_score", float("-inf"))
-      trivial_of[model, task] = trivial
-      row[f"{task}_learnt"] = not row[task] <= trivial + LEARNT_MARGIN
-    rows.append(row)
-  teacher = next((r for r in rows if r["model"] == "teacher"), None)
-  unlearnt = {t: (teacher[t], trivial_of["teacher", t]) for t in tasks
-              if teacher is not None and not teacher[f"{t}_learnt"]}
-  counted = [t for t in tasks if t not in unlearnt] or tasks
-  for row in rows:
-    row["average"] = float(np.mean([row[t] for t in counted]))
-  wd.glue_root.mkdir(parents=True, exist_ok=True)
-  with wd.glue_summary("csv").open("w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
-    writer.writeheader()
-    writer.writerows(rows)
-  names = [f"{t} (not learnt)" if t in unlearnt else t for t in tasks]
-  lines = ["| model | params | GFLOPs | " + " | ".join(names) + " | avg |",
-           "|---" * (len(tasks) + 4) + "|"]
-  for r in rows:
-    cells = [f"{r[t]:.1f} ± {r[t + '_std']:.1f}" + ("" if r[f"{t}_learnt"] else " †") for t in tasks]
-    lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['gflops']:.3f} | "
-                 + " | ".join(cells) + f" | {r['average']:.1f} |")
-  if not all(r[f"{t}_learnt"] for r in rows for t in tasks):
-    lines.append("\n† at or within a point of a model that learnt nothing (the majority class; 0 for STS-B).")
-  if unlearnt:
-    lines.append("\nLeft out of the average: the fine-tuned teacher does not beat a model that learnt "
-                 "nothing (majority class; 0 for STS-B) at this budget on " + ", ".join(
-                     f"{t} ({s:.1f} vs {b:.1f})" for t, (s, b) in unlearnt.items())
-                 + ": raise glue.max_train_examples / glue.epochs, or drop the task.")
-  wd.glue_summary("md").write_text("\n".join(lines) + "\n")
-  if jax.process_index() == 0:
-    print("\n".join(lines))
-  return wd.glue_summary("md")

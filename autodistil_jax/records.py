@@ -37,7 +37,7 @@ _IGNORED = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints
             "train.max_nonfinite_steps", "search.students_per_call", "search.max_latency_trials",
             "search.proxy.students_per_call",
             "evaluate.students_per_call", "glue.eval_batch_size", "glue.include_teacher",
-            "search.proxy.student_batching")
+            "search.proxy.student_batching", "glue.seed_batching")
 # Keys added after records began, with the value that reproduces what a record without them was
 # made with: an older workdir stays valid under the default.
 _ADDED_KEYS = {"train.embedding_relation_weight": 0.0}

@@ -23,11 +23,12 @@ _RATE: _Rule = ("float", lambda v: 0 <= v < 1, "a number in [0, 1)")
 _POSITIVE: _Rule = ("float", lambda v: v > 0, "a finite number > 0")
 _NON_NEGATIVE: _Rule = ("float", lambda v: v >= 0, "a finite number >= 0")
 _SEQ_LEN: _Rule = ("int", lambda v: v >= 8, "an integer >= 8")
+_BOOL: _Rule = ("bool", lambda v: True, "True or False")  # the kind is the whole check
 
 RULES: dict[str, _Rule] = {
     "seed": _COUNT,
     "teacher": ("str", bool, "a Hugging Face directory or hub name"),
-    "data.seq_len": _SEQ_LEN, "data.heldout": _POSITIVE_INT, "data.pack": ("bool", bool, "True or False"),
+    "data.seq_len": _SEQ_LEN, "data.heldout": _POSITIVE_INT, "data.pack": _BOOL,
     "train.batch_size": _POSITIVE_INT, "train.num_steps": _POSITIVE_INT,
     "train.learning_rate": _POSITIVE, "train.warmup_steps": _COUNT, "train.weight_decay": _NON_NEGATIVE,
     "train.b1": _RATE, "train.b2": _RATE, "train.eps": _POSITIVE, "train.clip_norm": _NON_NEGATIVE,
@@ -44,6 +45,7 @@ RULES: dict[str, _Rule] = {
     "glue.seeds": ("ints", lambda v: all(x >= 0 for x in v), "a non-empty list of integers >= 0"),
     "glue.batch_size": _POSITIVE_INT, "glue.eval_batch_size": _POSITIVE_INT, "glue.epochs": _POSITIVE_INT,
     "glue.warmup_ratio": _RATE, "glue.seq_len": _SEQ_LEN, "glue.pad_multiple": _COUNT,
+    "glue.seed_batching": ("str", lambda v: v in ("auto", "vmap", "sequential"), "auto, vmap or sequential"),
     "glue.dropout": _RATE, "glue.attention_dropout": _RATE, "glue.max_train_examples": _COUNT,
     "evaluate.probe_train_examples": _COUNT, "evaluate.sts_examples": _COUNT,
     "evaluate.seq_len": _SEQ_LEN, "evaluate.batch_size": _POSITIVE_INT,

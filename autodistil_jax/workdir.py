@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pathlib
 import socket
 import time
 from collections.abc import Iterator
@@ -158,6 +159,23 @@ class Workdir:
 
   def experiment_file(self, experiment: str, name: str) -> AnyPath:
     return self.root / experiment / name
+
+  def write_archive(self, target: os.PathLike, leave_out: tuple[AnyPath, ...] = ()) -> None:
+    """A .tar.gz of the run's records, tables, plots and metrics: everything but the model
+    weights (checkpoints, exports, baselines), the token cache, what was moved aside, the lock,
+    and `leave_out` (to bring a run's results back from a machine that keeps only small files)."""
+    import tarfile
+
+    heavy = {self.export_root, self.data_cache, self.root / "baselines", self.root / "replaced",
+             self.root / ".lock", self.root / ".lock.json", *leave_out}
+    heavy = {str(h) for h in heavy}
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+      path = str(self.root.parent / info.name)
+      return None if path in heavy or pathlib.PurePath(path).name == "checkpoints" else info
+
+    with tarfile.open(target, "w:gz") as tar:
+      tar.add(str(self.root), arcname=self.root.name, filter=keep)
 
   # Stage records and --redo.
   def stage_record(self, stage: str) -> AnyPath:

@@ -10,25 +10,30 @@ One command runs the whole experiment, resumably (each finished piece is skipped
    searched students, and (b) sliced from the teacher and (d) randomly initialised of the first
    budget's student (so a cut-short run still gives the verdict);
 4. (c) of each selected architecture, distilled alone with the same objective and steps (a
-   one-student sub-space: no weight sharing), then the GLUE cells of all the baselines (each pass
-   one task at a time over its models, so a cut-short run still compares like with like);
-5. <out>/results.md and its figures (experiments/headline_report.py).
+   one-student sub-space: no weight sharing);
+5. the evaluation suite (no fine-tuning) on the teacher, the searched students and all baselines;
+6. the GLUE cells of all the baselines (each pass one task at a time over its models, so a
+   cut-short run still compares like with like);
+7. <out>/results.md and its figures (experiments/headline_report.py).
+
+The config's argument picks the machine: configs/headline.py (CPU) or configs/headline.py:gpu
+(one GPU, about 10 minutes; experiments/headline_gpu.sh carries what it needs there).
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shlex
 import sys
-import time
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))  # headline_report beside this file
+sys.path.insert(0, str(ROOT / "experiments"))  # headline_report and transfer beside this file
+from timing import Timer  # noqa: E402
+from transfer import describe_transfer, with_transfer_set  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "headline.py"),
                                           "The experiment's config.", lock_config=False)
@@ -36,33 +41,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the ex
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/, wikitext-2/ and tinyshakespeare/.")
 _OUT = flags.DEFINE_string("out", None, "Where results.md and figures/ go (e.g. docs); default: workdir.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite results.md from the cells run so far.")
+_ARCHIVE = flags.DEFINE_string("archive", None, "Also write the workdir less its weights to this .tar.gz "
+                               "(Workdir.write_archive), with results.md.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
-
-class Timer:
-  """Wall time per stage, kept in the workdir's headline/timing.json and summed over resumed runs."""
-
-  def __init__(self, path: pathlib.Path):
-    self.path = path
-    self.times = json.loads(path.read_text()) if path.is_file() else {}
-
-  def run(self, stage: str, fn, *args):
-    start = time.perf_counter()
-    result = fn(*args)
-    self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.path.write_text(json.dumps(self.times, indent=2) + "\n")
-    print(f"[headline] {stage}: {self.times[stage]:.1f} s")
-    return result
-
-
-def transfer_corpus(data_dir: pathlib.Path, glue_file: pathlib.Path) -> str:
-  parts = [data_dir / "wikitext-2" / "valid.txt", data_dir / "wikitext-2" / "test.txt",
-           data_dir / "tinyshakespeare" / "input.txt", glue_file]
-  missing = [str(p) for p in parts if not p.is_file()]
-  if missing:
-    raise FileNotFoundError(f"transfer-set files not found: {', '.join(missing)}; check --data_dir")
-  return ",".join(str(p) for p in parts)
-
 
 def invocation() -> str:
   """The command as run, less --report_only: what resumes (and rewrites) this experiment."""
@@ -77,7 +58,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import headline_report
 
-  from autodistil_jax import baselines, finetune, parallel, pipeline, runner
+  from autodistil_jax import baselines, finetune, finetune_report, parallel, pipeline, runner
   from autodistil_jax.search_space import Arch
   from autodistil_jax.workdir import Workdir
 
@@ -85,17 +66,19 @@ def main(argv):
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
   out = pathlib.Path(_OUT.value or wd.root)
   timer = Timer(wd.experiment_file("headline", "timing.json"))
+  glue_file = wd.experiment_file("headline", "glue_train.txt")
+
+  def archive() -> None:
+    if _ARCHIVE.value:
+      wd.write_archive(_ARCHIVE.value, leave_out=(glue_file,))  # the sentences are the data's
+
   if _REPORT_ONLY.value:
-    path = headline_report.write_report(wd, out, _CONFIG.value, timer.times, baselines.KINDS, invocation())
+    archive()  # first: a run cut short before the search still brings back its training records
+    path = headline_report.write_report(wd, out, _CONFIG.value, timer.times, baselines.KINDS, invocation(),
+                                      describe_transfer(_CONFIG.value))
     print(f"[headline] report (cells run so far): {path}")
     return
-  config = ml_collections.ConfigDict(_CONFIG.value.to_dict())
-  from autodistil_jax import glue
-
-  glue_file = glue.write_training_sentences(data_dir / "glue", list(config.glue.tasks),
-                                            wd.experiment_file("headline", "glue_train.txt"))
-  config.data.corpus = transfer_corpus(data_dir, glue_file)
-  config.data.glue_dir = str(data_dir / "glue")
+  config = with_transfer_set(_CONFIG.value, data_dir, glue_file)
   # Each stage is reused while its record matches the config (and refused, naming keys, if not).
   timer.run("train, search, export", runner.run, "all", config, wd.root, (), "export")
   selected = headline_report.read_selected(wd)
@@ -117,9 +100,16 @@ def main(argv):
 
   finetune_all(claim_models)
   every = build(tuple(baselines.KINDS), archs)
+  # The suite scores (b) and (d) itself (evaluate.baselines); (c) joins as further models.
+  suite_config = ml_collections.ConfigDict(config.to_dict())
+  suite_config.evaluate.baselines = True
+  suite_config.evaluate.models = tuple(d for d in every if pathlib.Path(d).name.startswith("alone-"))
+  timer.run("evaluation suite", runner.run, "all", suite_config, wd.root, (), "evaluate")
   finetune_all(every)
-  finetune.write_summary(wd, list(finetune.finetune_models(config, wd, every)), tasks)
-  path = headline_report.write_report(wd, out, config, timer.times, baselines.KINDS, invocation())
+  finetune_report.write_summary(wd, list(finetune.finetune_models(config, wd, every)), tasks)
+  path = headline_report.write_report(wd, out, config, timer.times, baselines.KINDS, invocation(),
+                                      describe_transfer(config))
+  archive()
   print(f"[headline] report: {path}")
 
 

@@ -32,6 +32,44 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
+def hardware() -> str:
+  import jax
+
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    where = f"CPU ({jax.device_count()} device). No GPU was used"
+  else:
+    where = f"{jax.device_count()} x {device.device_kind}"
+  return f"{cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on {where}"
+
+
+def suite_section(wd: Workdir, figures: pathlib.Path, models: dict[str, dict]) -> list[str]:
+  """The evaluation suite's table (no fine-tuning), each row with its kind in this experiment
+  (the suite knows (c) only as a further model), and its plot; or why there is none."""
+  import csv
+
+  from autodistil_jax import evaluate_report
+
+  if not wd.suite_file("csv").is_file():
+    return ["The evaluation suite has not run yet.", ""]
+  with wd.suite_file("csv").open(encoding="utf-8") as f:
+    rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+  for row in rows:
+    row["kind"] = models.get(row["model"], {}).get("kind", row["kind"])
+  shutil.copy(wd.suite_file("png"), figures / "headline_suite.png")
+  return ["The task-agnostic suite (docs/evaluation.md) on every model of the table, before any "
+          "fine-tuning: held-out relation loss to the teacher, zero-shot STS-B, frozen-feature "
+          "probes, CKA to the teacher.", "", evaluate_report.markdown_table(rows).strip(), "",
+          "![The suite against FLOPs](figures/headline_suite.png)", ""]
+
+
+def _number(text: str):
+  try:
+    return float(text)
+  except ValueError:
+    return text
+
+
 def read_selected(wd: Workdir) -> dict[str, dict]:
   """budget -> the search's row of the student selected under it."""
   return json.loads(wd.selected_file.read_text())
@@ -161,9 +199,9 @@ def finetune_times(rows: list[dict], tasks: list[str], seeds) -> list[str]:
 
 
 def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float],
-                 kinds: dict[str, str], command: str) -> pathlib.Path:
-  """<out>/results.md and <out>/figures/; `command` is the one that ran (and resumes) the experiment."""
-  import jax
+                 kinds: dict[str, str], command: str, transfer: str) -> pathlib.Path:
+  """<out>/results.md and <out>/figures/; `command` is the one that ran (and resumes) the
+  experiment, `transfer` what the SuperLMs were trained on, in words."""
 
   tasks = list(config.glue.tasks)
   selected = read_selected(wd)
@@ -190,14 +228,12 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
       "Produced by `experiments/headline.py` (default config `configs/headline.py`); resume or regenerate "
       "with:", "",
       "```", command, "```", "",
-      f"Hardware: {cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on "
-      f"{jax.devices()[0].platform.upper()} ({jax.device_count()} device)"
-      f"{'. No GPU was used.' if jax.devices()[0].platform == 'cpu' else '.'}", "",
+      f"Hardware: {hardware()}.", "",
       status, "", "## Setup", "",
       f"- Teacher: {config.teacher} (6 layers, hidden 384, 12 heads; "
       f"{search['teacher']['flops'] / 1e9:.3f} GFLOPs at sequence length {config.data.seq_len}).",
-      "- Transfer set: WikiText-2 valid+test, Tiny Shakespeare and the unlabeled sentences of the five "
-      "GLUE training sets, packed into sequences of "
+      f"- Transfer set: {transfer}, "
+      f"{'packed into sequences of' if config.data.pack else 'one per sequence, cut to'} "
       f"{config.data.seq_len} tokens; {config.data.heldout} sequences held out for the search.",
       f"- SuperLMs: the demo sub-spaces ({', '.join(config.subspaces)}), {t.num_steps} steps each, batch "
       f"{t.batch_size}, peak learning rate {t.learning_rate:g}, {t.loss} relation loss, sandwich rule "
@@ -216,6 +252,7 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
       "mean of Pearson and Spearman (STS-B). ± is the standard deviation over seeds (ddof 0); the "
       "average is taken per seed, then over seeds.", "",
       "## Table", "", *table(rows, tasks), "",
+      "## The evaluation suite", "", *suite_section(wd, figures, models),
       "## The claim", "",
       "The searched student at <= 50% of the teacher's FLOPs keeps >= 95% of the teacher's GLUE average "
       "and beats (b) and (d):", "",

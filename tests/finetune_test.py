@@ -74,6 +74,39 @@ def test_seeds_learning_rates_sizes_and_same_shaped_models_share_one_compilation
 
 
 
+@pytest.mark.parametrize("pad_multiple,dropout", [(0, 0.1), (16, 0.0)])
+def test_seeds_side_by_side_are_each_seed_fine_tuned_alone(teacher, data_dir, teacher_dir, pad_multiple,
+                                                           dropout):
+  """finetune_seeds equals finetune per seed (STS-B: continuous scores, so any difference shows):
+  with dropout at full width, and with batches cut per seed and padded back when stacked."""
+  tokenizer, task = data.load_tokenizer(teacher_dir), glue.get_task("stsb")
+  def first(split, n):
+    examples = glue.read_split(task, data_dir / "glue", split)
+    return glue.encode(glue.Examples(examples.texts[:n], examples.labels[:n]), tokenizer, 64)
+
+  train, dev = first("train", 48), {"dev": first("dev", 64)}
+  mesh, student = parallel.make_mesh(), extract_student(teacher, Arch(1, 64, 1.0, 2))
+  before = jax.tree.leaves(get_params(student))
+  together = finetune.finetune_seeds(student, task, train, dev, _cfg(pad_multiple, dropout), 1e-3,
+                                     [0, 1, 2], mesh)
+  alone = [finetune.finetune(student, task, train, dev, _cfg(pad_multiple, dropout), 1e-3, s, mesh)
+           for s in (0, 1, 2)]
+  for a, b in zip(together, alone, strict=True):
+    assert (a.seed, a.best_epoch) == (b.seed, b.best_epoch)
+    for x, y in zip(a.epochs, b.epochs, strict=True):
+      assert x["dev"] == pytest.approx(y["dev"], abs=1e-4)
+  assert together[0].epochs != together[1].epochs  # the seeds differ
+  assert all(np.array_equal(x, y) for x, y in zip(before, jax.tree.leaves(get_params(student)), strict=True))
+
+
+def test_seed_batching_auto_is_sequential_on_cpu_and_one_seed_is_never_batched():
+  g = lambda way, seeds: ml_collections.ConfigDict({"seed_batching": way, "seeds": seeds})
+  assert not finetune.seeds_side_by_side(g("auto", (0, 1, 2)))  # this machine is a CPU
+  assert finetune.seeds_side_by_side(g("vmap", (0, 1, 2)))
+  assert not finetune.seeds_side_by_side(g("vmap", (0,)))
+  assert not finetune.seeds_side_by_side(g("sequential", (0, 1)))
+
+
 def test_learning_rate_schedule_is_transformers_linear_warmup_step_for_step():
   import torch
   from transformers import get_linear_schedule_with_warmup

@@ -107,7 +107,7 @@ def test_tfds_glue_gives_the_same_examples(data_dir, tmp_path, monkeypatch, task
 
 
 def test_summary_leaves_out_of_the_average_the_tasks_the_teacher_did_not_learn(tmp_path):
-  from autodistil_jax import finetune
+  from autodistil_jax import finetune_report
 
   def result(model, task, score, trivial):
     path = Workdir(tmp_path).glue_result(model, task)
@@ -118,7 +118,7 @@ def test_summary_leaves_out_of_the_average_the_tasks_the_teacher_did_not_learn(t
   result("teacher", "stsb", 0.85, 0.0)
   result("student", "cola", 0.1, 0.0)
   result("student", "stsb", 0.75, 0.0)
-  summary = finetune.write_summary(Workdir(tmp_path), ["teacher", "student"], ["cola", "stsb"])
+  summary = finetune_report.write_summary(Workdir(tmp_path), ["teacher", "student"], ["cola", "stsb"])
   lines = summary.read_text().splitlines()
   assert lines[0] == "| model | params | GFLOPs | cola (not learnt) | stsb | avg |"
   assert lines[2].endswith("| 85.0 |") and lines[3].endswith("| 75.0 |")

@@ -33,3 +33,77 @@ def test_headline_experiment_runs_and_reports(data_dir, tmp_path):
   assert cells[3] < distil_alone < cells[-1], lines
   again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # all done: skipped
   assert again.returncode == 0 and "train alone" not in again.stdout and "[headline] report" in again.stdout
+
+
+def _mean_pooled(checkpoint, sentences):
+  import numpy as np
+
+  from autodistil_jax import data, hf_io
+
+  encoder = hf_io.load_bert(checkpoint)
+  batch = data.load_tokenizer(checkpoint)(sentences, padding=True, return_tensors="np")
+  hidden = np.asarray(encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).hidden)
+  mask = batch["attention_mask"][..., None]
+  return (hidden * mask).sum(1) / mask.sum(1)
+
+
+@pytest.mark.slow
+def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, tmp_path):
+  """experiments/headline_gpu.sh as the GPU machine runs it (pack here, run there), at the toy
+  sizes of configs/headline.py:gpu,runlocal (about 5 CPU minutes)."""
+  import os
+  import tarfile
+
+  import numpy as np
+
+  bundle, out = tmp_path / "bundle", tmp_path / "out"
+  one_device = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # as the GPU machine: 1 device
+  env = {**one_device, "BUNDLE": str(bundle), "OUT": str(out), "RUNLOCAL": "1", "LIMIT": "1700",
+         "WORKDIR": str(tmp_path / "work"), "TMPDIR": str(tmp_path)}
+  script = str(ROOT / "experiments" / "headline_gpu.sh")
+  refused = subprocess.run(["bash", script, "run"], env=env, capture_output=True, text=True, timeout=60)
+  assert refused.returncode == 2 and "run 'headline_gpu.sh pack DATA_DIR' first" in refused.stderr
+  packed = subprocess.run(["bash", script, "pack", str(data_dir), "--nowheels"], env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert packed.returncode == 0, packed.stderr[-3000:]
+  size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+  assert size < 50 * 2**20  # with the wheels (5 MB) and the repository, under the 64 MiB a call carries
+  sentences = ["A man is playing a guitar.", "The cat sleeps on the warm windowsill all afternoon."]
+  half, full = _mean_pooled(bundle / "teacher", sentences), _mean_pooled(teacher_dir, sentences)
+  cosine = (half * full).sum(1) / np.linalg.norm(half, axis=1) / np.linalg.norm(full, axis=1)
+  assert cosine.min() > 0.9999, cosine  # the float16 teacher encodes as the original
+
+  done = subprocess.run(["bash", script, "run"], env=env, capture_output=True, text=True, timeout=1800)
+  log = (out / "headline.log").read_text()
+  assert done.returncode == 0, log[-3000:]
+  report = (out / "results.md").read_text()
+  assert "All cells have run." in report and "configs/headline.py:gpu,runlocal" in report
+  assert "GLUE training sets of rte, stsb, one per sequence" in report  # the gpu variant's transfer set
+  suite = report.split("## The evaluation suite")[1].split("## The claim")[0]
+  assert all(f"| {kind}" in suite or f"{kind}-" in suite for kind in ("teacher", "sliced", "random", "alone"))
+  assert {p.name for p in (out / "figures").iterdir()} == {
+      "headline_pareto.png", "headline_glue_vs_flops.png", "headline_suite.png"}
+  with tarfile.open(out / "workdir.tar.gz") as tar:
+    names = tar.getnames()
+  assert "work/stages/evaluate.json" in names and "work/glue/summary.md" in names
+  assert not [n for n in names if "/checkpoints" in n or n.startswith("work/baselines")]
+
+
+@pytest.mark.slow
+def test_k_ablation_trains_searches_and_scores_both_arms(data_dir, tmp_path):
+  """experiments/k_ablation.py at toy sizes: K=3 sub-spaces of 2 steps each against one space of
+  all their values (1,800 students) trained for 6 steps; the suite on each arm's picks."""
+  command = [sys.executable, str(ROOT / "experiments" / "k_ablation.py"),
+             f"--config={ROOT}/configs/headline.py:cpu,runlocal", f"--workdir={tmp_path / 'run'}",
+             f"--data_dir={data_dir}", f"--out={tmp_path / 'docs'}"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = (tmp_path / "docs" / "results.md").read_text()
+  assert "`k3`: 3 SuperLM(s) of 2 steps each, 448 students" in report
+  assert "`k1`: 1 SuperLM(s) of 6 steps each, 1800 students" in report
+  rows = [line for line in report.splitlines() if line.startswith("| flops<=")]
+  assert [r.split(" | ")[1] for r in rows] == ["k3", "k1", "k3", "k1"]
+  assert not [r for r in rows if "—" in r or "not searched" in r]  # every pick scored, and its twin
+  assert all(r.split(" | ")[3] == "all" for r in rows if r.split(" | ")[1] == "k1")
+  again = subprocess.run(command + ["--report_only"], capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0 and (tmp_path / "docs" / "results.md").read_text() == report

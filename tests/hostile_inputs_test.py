@@ -292,3 +292,15 @@ def test_an_empty_workdir_is_refused_before_anything_is_written(data_dir, tmp_pa
   with pytest.raises(ValueError, match="--workdir is empty: give the directory"):
     runner.run("train", config, "")
   assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("pack,accepted", [(True, True), (False, True), ("no", False), (0, False)])
+def test_a_boolean_setting_accepts_both_values_and_nothing_else(pack, accepted):
+  import ml_collections
+
+  from autodistil_jax import validate
+
+  config = ml_collections.ConfigDict(tiny_config().to_dict(), type_safe=False)  # as a config file may give
+  config.data.pack = pack
+  problems = [p for p in validate.config_problems(config) if "data.pack" in p]
+  assert (not problems) == accepted, problems

@@ -172,3 +172,21 @@ def test_no_run_path_is_spelled_outside_the_workdir_module():
         if joined.search(line) and "data_dir" not in line:  # GLUE data folders are not run paths
           offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
   assert not offenders, "\n".join(offenders)
+
+
+def test_the_archive_holds_the_results_and_leaves_out_the_weights(tmp_path):
+  import tarfile
+
+  wd = Workdir.at(tmp_path / "run")
+  kept = [wd.stage_record("train"), wd.search_file("results"), wd.suite_file("md"),
+          wd.glue_result("teacher", "rte"), wd.superlm_record("base"), wd.metrics_file]
+  left = [wd.checkpoints("base") / "40" / "state", wd.export_dir("base", "L1") / "model.safetensors",
+          wd.baseline_dir("sliced", "L1") / "config.json", wd.data_cache / "corpus.npy",
+          wd.experiment_file("headline", "glue_train.txt")]
+  for path in kept + left:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x")
+  wd.write_archive(tmp_path / "a.tar.gz", leave_out=(wd.experiment_file("headline", "glue_train.txt"),))
+  with tarfile.open(tmp_path / "a.tar.gz") as tar:
+    files = {n for n in tar.getnames() if tar.getmember(n).isfile()}
+  assert files == {str(p.relative_to(tmp_path)) for p in kept}

@@ -1,0 +1,149 @@
+"""Issue 15, part 4, the paper's design claim: K=3 compact sub-spaces against one large space that
+covers all three, with the same total number of SuperLM steps, compared on the students each
+selects under the same budgets.
+
+  python experiments/k_ablation.py --workdir=runs/k_ablation --data_dir=../shared/data \
+      --out=docs/k_ablation
+
+Two pipeline runs on the headline's config (configs/headline.py; `:gpu` for a GPU), one per arm,
+each in its own workdir under --workdir and resumable stage by stage: `k3` trains the config's
+sub-spaces for train.num_steps each; `k1` trains one sub-space whose every factor takes the values
+of all of them (the Cartesian product, as the paper's single space) for K x train.num_steps. Each
+arm searches its space, exports the students selected per budget and runs the evaluation suite on
+them with their sliced and random twins (`--glue`: GLUE too). <out>/results.md puts the two arms'
+picks side by side per budget.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import sys
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+from timing import Timer  # noqa: E402
+from transfer import describe_transfer, with_transfer_set  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "headline.py"),
+                                          "The experiment's config.", lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for both arms' runs.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/, wikitext-2/ and tinyshakespeare/.")
+_OUT = flags.DEFINE_string("out", None, "Where results.md goes (default: the workdir).")
+_GLUE = flags.DEFINE_bool("glue", False, "Also fine-tune the selected students on config.glue.tasks.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite results.md from what has run.")
+flags.mark_flags_as_required(["workdir", "data_dir"])
+
+FACTORS = ("layers", "hidden", "mlp_ratio", "heads")
+
+
+def one_space(subspaces: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The single space of the ablation: every factor takes the values of all the sub-spaces."""
+  return ml_collections.ConfigDict({f: tuple(sorted({v for s in subspaces.values() for v in s[f]}))
+                                    for f in FACTORS})
+
+
+def arm_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+  """{"k3": the config as given, "k1": one space, K times the steps}: the same SuperLM steps in all."""
+  one = ml_collections.ConfigDict(config.to_dict())
+  one.subspaces = ml_collections.ConfigDict({"all": one_space(config.subspaces)})
+  one.train.num_steps = config.train.num_steps * len(config.subspaces)
+  one.glue.include_teacher = False  # fine-tuned once, in the k3 arm
+  return {f"k{len(config.subspaces)}": config, "k1": one}
+
+
+def read_arm(root: pathlib.Path) -> tuple[dict, dict[str, dict]]:
+  """(budget -> selected row, model name -> suite row) of one arm's run, as far as it got."""
+  from autodistil_jax.workdir import Workdir
+
+  wd = Workdir.at(root)
+  selected = json.loads(wd.selected_file.read_text()) if wd.selected_file.is_file() else {}
+  suite = {}
+  if wd.suite_file("csv").is_file():
+    with wd.suite_file("csv").open(encoding="utf-8") as f:
+      suite = {row["model"]: row for row in csv.DictReader(f)}
+  return selected, suite
+
+
+def _cells(row: dict | None) -> str:
+  if row is None:
+    return "— | — | — | —"
+  return " | ".join(f"{float(row[k]):{fmt}}" for k, fmt in (
+      ("relation", ".5f"), ("cka", ".3f"), ("sts_spearman", ".1f"), ("probe_avg", ".1f")))
+
+
+def report_lines(config, arms: dict[str, ml_collections.ConfigDict], root: pathlib.Path) -> list[str]:
+  """The arms' picks per budget: architecture, cost, the suite for it and for its sliced twin."""
+  lines = ["| budget | arm | selected | sub-space | GFLOPs | params | relation loss ↓ | CKA | STS-B ρ | "
+           "probe avg | sliced twin: relation | CKA | STS-B ρ | probe avg |", "|---" * 14 + "|"]
+  for budget in config.search.budgets:
+    for arm in arms:
+      selected, suite = read_arm(root / arm)
+      row = selected.get(budget)
+      if row is None:
+        lines.append(f"| {budget} | {arm} | (not searched yet) |" + " |" * 11)
+        continue
+      name = f"{row['subspace']}-{row['name']}"
+      lines.append(f"| {budget} | {arm} | {row['name']} | {row['subspace']} | {row['flops'] / 1e9:.3f} | "
+                   f"{row['params'] / 1e6:.2f}M | {_cells(suite.get(name))} | "
+                   f"{_cells(suite.get('sliced-' + row['name']))} |")
+  return lines
+
+
+def write_report(config, arms, root: pathlib.Path, out: pathlib.Path,
+                 times: dict[str, float]) -> pathlib.Path:
+  spaces = {arm: {name: dict(s) for name, s in c.subspaces.items()} for arm, c in arms.items()}
+  sizes = {arm: sum(len(s["layers"]) * len(s["hidden"]) * len(s["mlp_ratio"]) * len(s["heads"])
+                    for s in sub.values()) for arm, sub in spaces.items()}
+  lines = [
+      "# K=3 compact sub-spaces against one large space (issue 15, part 4)", "",
+      "Produced by `experiments/k_ablation.py`; resume or regenerate with:", "",
+      "```", " ".join(["python experiments/k_ablation.py", *sys.argv[1:]]).replace(" --report_only", ""),
+      "```", "",
+      f"Transfer set: {describe_transfer(config)}; batch {config.train.batch_size}, sequence length "
+      f"{config.data.seq_len}, peak learning rate {config.train.learning_rate:g}, "
+      f"{config.data.heldout} held-out sequences for the search and the suite's relation loss.", "",
+      *[f"- `{arm}`: {len(c.subspaces)} SuperLM(s) of {c.train.num_steps} steps each, "
+        f"{sizes[arm]} students: " + "; ".join(
+            f"{n} = {', '.join(f'{f} {tuple(s[f])}' for f in FACTORS)}" for n, s in spaces[arm].items())
+        for arm, c in arms.items()], "",
+      "The suite's columns (docs/evaluation.md): relation loss to the teacher on the held-out text, "
+      "linear CKA to the teacher, zero-shot STS-B dev Spearman, frozen-feature probe average; each "
+      "selected student beside the same architecture sliced from the teacher, untrained.", "",
+      *report_lines(config, arms, root), "",
+      "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), ""]
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / "results.md"
+  path.write_text("\n".join(lines), encoding="utf-8")
+  return path
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from autodistil_jax import runner
+
+  root = pathlib.Path(_WORKDIR.value)
+  data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
+  out = pathlib.Path(_OUT.value or root)
+  timer = Timer(root / "timing.json", "k_ablation")
+  if not _REPORT_ONLY.value:
+    root.mkdir(parents=True, exist_ok=True)
+    config = with_transfer_set(_CONFIG.value, data_dir, root / "glue_train.txt")
+    for arm, arm_config in arm_configs(config).items():
+      # Each stage is reused while its record matches (an arm whose config changed is refused).
+      timer.run(arm, runner.run, "all", arm_config, root / arm, (), "finetune" if _GLUE.value else "evaluate")
+  config = _CONFIG.value
+  path = write_report(config, arm_configs(config), root, out, timer.times)
+  print(f"[k_ablation] report: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,24 @@
+"""Wall time per stage of an experiment, kept in a JSON file and summed over resumed runs."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+
+class Timer:
+  """Wall time per stage in `path` (JSON), summed over resumed runs; `label` prefixes its prints."""
+
+  def __init__(self, path: pathlib.Path, label: str = "headline"):
+    self.path, self.label = path, label
+    self.times = json.loads(path.read_text()) if path.is_file() else {}
+
+  def run(self, stage: str, fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.path.write_text(json.dumps(self.times, indent=2) + "\n")
+    print(f"[{self.label}] {stage}: {self.times[stage]:.1f} s")
+    return result
