@@ -95,11 +95,11 @@ def _runlocal(c: ml_collections.ConfigDict) -> None:
   """Toy sizes for a CPU test of the same code paths (never for results)."""
   c.data.seq_len = 32
   c.data.heldout = 8
-  c.train.batch_size = 4
+  c.train.batch_size = 8  # a multiple of 8 devices (the tests' host platform)
   c.train.num_steps = 2
   c.train.warmup_steps = 0
   c.train.checkpoint_every = 2
-  c.search.batch_size = 4
+  c.search.batch_size = 8
   c.search.num_batches = 1
   c.search.students_per_call = 16
   c.glue.tasks = ("rte", "stsb")

@@ -1,5 +1,6 @@
 """The issue-8 experiment end to end on the seconds-long test config (slow: about 2 CPU minutes)."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -51,7 +52,6 @@ def _mean_pooled(checkpoint, sentences):
 def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, tmp_path):
   """experiments/headline_gpu.sh as the GPU machine runs it (pack here, run there), at the toy
   sizes of configs/headline.py:gpu,runlocal (about 5 CPU minutes)."""
-  import os
   import tarfile
 
   import numpy as np
@@ -96,7 +96,8 @@ def test_k_ablation_trains_searches_and_scores_both_arms(data_dir, tmp_path):
   command = [sys.executable, str(ROOT / "experiments" / "k_ablation.py"),
              f"--config={ROOT}/configs/headline.py:cpu,runlocal", f"--workdir={tmp_path / 'run'}",
              f"--data_dir={data_dir}", f"--out={tmp_path / 'docs'}"]
-  done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+  one_device = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=one_device)
   assert done.returncode == 0, done.stderr[-3000:]
   report = (tmp_path / "docs" / "results.md").read_text()
   assert "`k3`: 3 SuperLM(s) of 2 steps each, 448 students" in report
@@ -105,5 +106,6 @@ def test_k_ablation_trains_searches_and_scores_both_arms(data_dir, tmp_path):
   assert [r.split(" | ")[1] for r in rows] == ["k3", "k1", "k3", "k1"]
   assert not [r for r in rows if "—" in r or "not searched" in r]  # every pick scored, and its twin
   assert all(r.split(" | ")[3] == "all" for r in rows if r.split(" | ")[1] == "k1")
-  again = subprocess.run(command + ["--report_only"], capture_output=True, text=True, timeout=600)
+  again = subprocess.run(command + ["--report_only"], capture_output=True, text=True, timeout=600,
+                         env=one_device)
   assert again.returncode == 0 and (tmp_path / "docs" / "results.md").read_text() == report
