@@ -1,0 +1,37 @@
+"""experiments/parameter_movement.py on a SuperLM of the seconds-long test config."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from train_test import tiny_config
+
+from autodistil_jax import runner
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_parameter_movement_shows_the_last_layers_output_untrained(data_dir, tmp_path):
+  """Under the paper's objective the last layer's attention output and FFN get no gradient, so
+  they move only by weight decay, while its queries and keys move (docs/objective.md section 1)."""
+  corpus = str(data_dir / "wikitext-2" / "valid.txt")
+  config = tiny_config(num_steps=4)
+  config.data.corpus = corpus
+  runner.run("train", config, tmp_path / "work")
+  done = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "parameter_movement.py"), f"--workdir={tmp_path / 'work'}",
+       f"--out={tmp_path / 'out'}", f"--config={ROOT}/tests/configs/tiny_test.py", "--subspace=mini",
+       f"--config.data.corpus={corpus}", "--config.train.num_steps=4"],
+      capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = (tmp_path / "out" / "work.md").read_text()
+  row = lambda name: [float(x) for x in next(
+      line for line in report.splitlines() if line.startswith(f"| layers/{name} |")).split("|")[2:4]]
+  assert row("ffn_out_bias")[1] == 0.0 and row("attn_ln_scale")[1] == 0.0  # last layer: no gradient
+  assert row("ffn_out_kernel")[1] < 0.01  # weight decay alone (percent)
+  assert row("q_kernel")[1] > 0.01 and row("ffn_out_kernel")[0] > 0.01  # what the relations reach
+  grads = [line for line in report.splitlines() if line.startswith("| smallest")]
+  assert len(grads) == 2 and all(line.split(" | ")[-2] == "0.00e+00" for line in grads)  # L1: layer 2 unused
