@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))  # headline_report and transfer beside this file
+sys.path.insert(0, str(ROOT / "experiments"))  # the experiments' own modules, beside this file
 from timing import Timer  # noqa: E402
 from transfer import describe_transfer, with_transfer_set  # noqa: E402
 

@@ -33,6 +33,9 @@ _OUT = flags.DEFINE_string("out", None, "Folder for the cells (JSON) and results
 _STUDENTS = flags.DEFINE_integer("students", 16, "Students per sub-space, spread over the loss ranking.")
 _SUBSPACES = flags.DEFINE_list("subspaces", [], "Sub-spaces to score (default: every one searched).")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the students per tau.")
+_FINETUNE = flags.DEFINE_list("finetune_tasks", [], "GLUE tasks to fine-tune the same students on "
+                              "(part 3b), e.g. stsb,mrpc: the config's GLUE protocol, side by side.")
+_EPOCHS = flags.DEFINE_integer("finetune_epochs", 0, "Epochs of that fine-tuning (0: config.glue.epochs).")
 flags.mark_flags_as_required(["workdir", "out"])
 
 # Suite measures the search's loss should predict: (column, title, higher is better).
@@ -63,29 +66,67 @@ def tau_with_interval(loss: np.ndarray, measure: np.ndarray, higher_better: bool
   return float(tau(np.arange(len(loss)))), float(low), float(high)
 
 
-def report(cells: dict[str, list[dict]], resamples: int) -> str:
+def finetune_settings(config, task_name: str, steps: int):
+  """The config's GLUE protocol (learning rate, batch, warmup, dropouts, sequence length) for the
+  proxy search's program, which fine-tunes many students of one SuperLM side by side: one seed,
+  `steps` steps, the dev score after the last one (the protocol keeps the best epoch's)."""
+  from autodistil_jax import glue, proxy
+
+  g = config.glue
+  return proxy.ProxySettings(
+      glue.get_task(task_name), steps, float(g.learning_rates[0]), g.batch_size, g.eval_batch_size,
+      float(g.warmup_ratio), g.seq_len, g.pad_multiple, float(g.dropout), float(g.attention_dropout),
+      0, 0, 0, "auto", config.seed)
+
+
+def finetuned_scores(config, superlm, archs, tokenizer, mesh, path: pathlib.Path, epochs: int,
+                     task_name: str) -> dict[str, float]:
+  """arch name -> dev score after `epochs` epochs of fine-tuning on `task_name` from the SuperLM;
+  kept in `path` after every chunk of students (a re-run with the same settings resumes)."""
+  import dataclasses
+
+  from autodistil_jax import proxy, workdir
+
+  settings = finetune_settings(config, task_name, 0)
+  train, dev = proxy.read_task(settings, config.data.glue_dir, tokenizer)
+  settings = dataclasses.replace(settings, steps=epochs * (len(train["labels"]) // settings.batch_size))
+  inputs = {**settings.inputs(), "archs": [a.name for a in archs]}
+  done = proxy.load_done(path, inputs)
+  save = lambda scores: workdir.write_text_atomic(
+      path, json.dumps({"inputs": inputs, "scores": scores}, indent=1) + "\n")
+  chunk = proxy.students_per_call(settings, superlm.config, len(archs), mesh)
+  scores = proxy.score_students(superlm, archs, train, dev, settings, mesh, chunk, done, save)
+  return {name: 100 * s["proxy_score"] for name, s in scores.items()}
+
+
+def report(cells: dict[str, list[dict]], resamples: int, tasks: list[str]) -> str:
+  """Taus per sub-space and pooled, for the suite's measures and the fine-tuned scores of `tasks`
+  (those every student has)."""
+  rows_all = [r for rows in cells.values() for r in rows]
+  measures = [*MEASURES, *[(f"finetuned_{t}", f"fine-tuned {t}", True) for t in tasks
+                           if all(f"finetuned_{t}" in r for r in rows_all)]]
   lines = ["# Does the search pick well? (issue 15, part 3)", "",
            "Produced by `experiments/search_validation.py` (command in its docstring; this run: "
            f"`{' '.join(shlex.quote(a) for a in sys.argv)}`).", "",
            "Kendall's tau between the search's held-out relation loss (low first) and each suite "
            f"measure (best first); 95% interval from {resamples} bootstrap resamples of the students.",
-           "", "| sub-space | students | " + " | ".join(t for _, t, _ in MEASURES) + " |",
-           "|---|---|" + "---|" * len(MEASURES)]
+           "", "| sub-space | students | " + " | ".join(t for _, t, _ in measures) + " |",
+           "|---|---|" + "---|" * len(measures)]
   pooled = [r for rows in cells.values() for r in rows]
   for name, rows in [*cells.items(), *([("all (pooled)", pooled)] if len(cells) > 1 else [])]:
     loss = np.array([r["search_loss"] for r in rows])
     parts = []
-    for column, _, higher in MEASURES:
+    for column, _, higher in measures:
       tau, low, high = tau_with_interval(loss, np.array([r[column] for r in rows]), higher, resamples)
       parts.append(f"{tau:+.2f} [{low:+.2f}, {high:+.2f}]")
     lines.append(f"| {name} | {len(rows)} | " + " | ".join(parts) + " |")
   lines += ["", "Students (search loss, suite measures):", "",
-            "| sub-space | student | search loss | " + " | ".join(t for _, t, _ in MEASURES) + " |",
-            "|---|---|---|" + "---|" * len(MEASURES)]
+            "| sub-space | student | search loss | " + " | ".join(t for _, t, _ in measures) + " |",
+            "|---|---|---|" + "---|" * len(measures)]
   for name, rows in cells.items():
     for r in rows:
       lines.append(f"| {name} | {r['arch']} | {r['search_loss']:.5f} | "
-                   + " | ".join(f"{r[c]:.4f}" if c == "relation" else f"{r[c]:.3f}" for c, _, _ in MEASURES)
+                   + " | ".join(f"{r[c]:.4f}" if c == "relation" else f"{r[c]:.3f}" for c, _, _ in measures)
                    + " |")
   return "\n".join(lines) + "\n"
 
@@ -95,11 +136,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from autodistil_jax import data, evaluate, hf_io, parallel, pipeline
+  from autodistil_jax import data, evaluate, glue, hf_io, parallel, pipeline
   from autodistil_jax.search_space import Arch
   from autodistil_jax.train import load_superlm
   from autodistil_jax.workdir import Workdir
 
+  if bad := [t for t in _FINETUNE.value if t not in glue.TASKS]:
+    raise app.UsageError(f"--finetune_tasks: unknown GLUE tasks {bad}; choose from {sorted(glue.TASKS)}")
   config, out = _CONFIG.value, pathlib.Path(_OUT.value)
   wd = Workdir.at(_WORKDIR.value)
   results = pathlib.Path(wd.search_file("results"))
@@ -118,13 +161,15 @@ def main(argv):
   heldout = data.heldout_batches(tokens, held, config.search.batch_size, teacher.config.pad_token_id)
   suite = evaluate.build_suite(settings, texts, data.load_tokenizer(teacher_dir), teacher, heldout)
   mesh = parallel.make_mesh()
+  tokenizer = data.load_tokenizer(teacher_dir)
+  epochs = _EPOCHS.value or config.glue.epochs
   cells = {}
   for name, rows in by_space.items():
+    chosen = spread(rows, _STUDENTS.value)
+    archs = [Arch(int(r["layers"]), int(r["hidden"]), float(r["mlp_ratio"]), int(r["heads"])) for r in chosen]
+    superlm = None
     path = out / f"{name}.json"
     if not path.is_file():
-      chosen = spread(rows, _STUDENTS.value)
-      archs = [Arch(int(r["layers"]), int(r["hidden"]), float(r["mlp_ratio"]), int(r["heads"]))
-               for r in chosen]
       superlm, step = load_superlm(config, wd, name, teacher, mesh)
       start = time.perf_counter()
       scored = evaluate.run_suite([evaluate.Subject(name, "searched", superlm, archs)], suite)
@@ -133,7 +178,16 @@ def main(argv):
       path.write_text(json.dumps({"rows": cell, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
       print(f"[search_validation] {name}: {len(cell)} students in {time.perf_counter() - start:.0f} s")
     cells[name] = json.loads(path.read_text())["rows"]
-    (out / "results.md").write_text(report(cells, _BOOTSTRAP.value))
+    for task in _FINETUNE.value:
+      superlm = superlm or load_superlm(config, wd, name, teacher, mesh)[0]
+      start = time.perf_counter()
+      scores = finetuned_scores(config, superlm, archs, tokenizer, mesh, out / f"{name}-{task}.json", epochs,
+                                task)
+      seconds = time.perf_counter() - start
+      print(f"[search_validation] {name} {task}: {len(scores)} students in {seconds:.0f} s")
+      for row in cells[name]:
+        row[f"finetuned_{task}"] = scores[row["arch"]]
+    (out / "results.md").write_text(report(cells, _BOOTSTRAP.value, _FINETUNE.value))
   print(f"[search_validation] {out / 'results.md'}")
 
 
