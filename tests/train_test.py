@@ -62,8 +62,9 @@ def test_step_compiles_once_for_the_whole_run(teacher, corpus):
   assert np.all(np.isfinite(losses)) and np.all(np.asarray(losses) > 0)
 
 
-def _one_step(teacher, corpus, rng_seed, **train_overrides):
-  """The parameters before and after one real SuperLM step of the tiny config."""
+def _one_step(teacher, corpus, **train_overrides):
+  """run(key) -> the parameters before and after one real SuperLM step of the tiny config, and
+  its metrics; compiled once for every key."""
   config = tiny_config(**train_overrides)
   space = SubSpace.from_config("mini", config.subspaces["mini"])
   superlm = init_superlm(teacher, space)
@@ -73,27 +74,32 @@ def _one_step(teacher, corpus, rng_seed, **train_overrides):
       nnx.graphdef(superlm), nnx.graphdef(teacher), optimizer,
       train.StepConfig.from_config(config, teacher)), mesh)
   before = jax.device_get(get_params(superlm))
-  params = parallel.replicate(mesh, get_params(superlm))
   batch = parallel.global_batch(mesh, data.train_dataset(*corpus, 8, seed=0)[0])
-  after, _, metrics = step(params, parallel.replicate(mesh, optimizer.init(params)),
-                           parallel.replicate(mesh, get_params(teacher)), batch,
-                           train.sandwich_archs(space, 0, 0, 2), jax.random.key(rng_seed))
-  return before, jax.device_get(after), metrics
+  teacher_params = parallel.replicate(mesh, get_params(teacher))
+
+  def run(key):
+    params = parallel.replicate(mesh, get_params(superlm))
+    after, _, metrics = step(params, parallel.replicate(mesh, optimizer.init(params)), teacher_params,
+                             batch, train.sandwich_archs(space, 0, 0, 2), jax.random.key(key))
+    return before, jax.device_get(after), metrics
+  return run
 
 
 def test_the_step_applies_the_configured_learning_rate_and_dropout(teacher, corpus):
   """What training does is what the config says (issue 15, part 2): Adam's first update moves every
   parameter with a gradient by the schedule's step-0 rate (|m / sqrt(v)| = 1), none at all when
   warmup starts from 0; dropout makes the step depend on its key, and only when configured."""
-  before, after, _ = _one_step(teacher, corpus, 0, learning_rate=1e-3, warmup_steps=0, weight_decay=0.0,
-                               eps=1e-12)  # gradients here are ~1e-6: the default eps would show
+  before, after, _ = _one_step(teacher, corpus, learning_rate=1e-3, warmup_steps=0, weight_decay=0.0,
+                               eps=1e-12)(0)  # gradients here are ~1e-6: the default eps would show
   moved = np.abs(np.asarray(after["layers"]["q_bias"]) - np.asarray(before["layers"]["q_bias"]))
   assert np.median(moved[moved > 0]) == pytest.approx(1e-3, rel=1e-3)
-  before, after, _ = _one_step(teacher, corpus, 0, learning_rate=1e-3, warmup_steps=3)
+  before, after, _ = _one_step(teacher, corpus, learning_rate=1e-3, warmup_steps=3)(0)
   leaves = zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
   assert all(np.array_equal(a, b) for a, b in leaves)
-  runs = {(rate, key): _one_step(teacher, corpus, key, dropout=rate)[2]["losses"]
-          for rate in (0.0, 0.1) for key in (0, 1)}
+  runs = {}
+  for rate in (0.0, 0.1):
+    run = _one_step(teacher, corpus, dropout=rate)
+    runs.update({(rate, key): np.asarray(run(key)[2]["losses"]) for key in (0, 1)})
   assert np.array_equal(runs[0.0, 0], runs[0.0, 1])
   assert not np.allclose(runs[0.1, 0], runs[0.1, 1])
   assert not np.allclose(runs[0.0, 0], runs[0.1, 0])
