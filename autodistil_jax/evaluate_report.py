@@ -42,6 +42,17 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
     writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
 
 
+def read_csv(path: Path) -> list[dict]:
+  """The rows write_csv wrote, numbers as floats again (model, kind and arch stay text)."""
+  def value(text: str):
+    try:
+      return float(text)
+    except ValueError:
+      return text
+  with path.open(newline="", encoding="utf-8") as f:
+    return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def plot(path: Path, rows: Sequence[dict]) -> None:
   """Zero-shot STS-B, probe average and CKA against GFLOPs, one marker per kind of model."""
   import matplotlib

@@ -23,7 +23,6 @@ The config's argument picks the machine: configs/headline.py (CPU) or configs/he
 from __future__ import annotations
 
 import pathlib
-import shlex
 import sys
 
 import ml_collections
@@ -32,7 +31,7 @@ from ml_collections import config_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))  # the experiments' own modules, beside this file
-from timing import Timer  # noqa: E402
+from timing import Timer, invocation  # noqa: E402
 from transfer import describe_transfer, with_transfer_set  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "headline.py"),
@@ -44,12 +43,6 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite results.md 
 _ARCHIVE = flags.DEFINE_string("archive", None, "Also write the workdir less its weights to this .tar.gz "
                                "(Workdir.write_archive), with results.md.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
-
-def invocation() -> str:
-  """The command as run, less --report_only: what resumes (and rewrites) this experiment."""
-  args = [a for a in sys.argv[1:] if a.lstrip("-").split("=")[0] != "report_only"]
-  return shlex.join(["python", "experiments/headline.py", *args])
-
 
 def main(argv):
   if len(argv) > 1:
@@ -66,6 +59,7 @@ def main(argv):
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
   out = pathlib.Path(_OUT.value or wd.root)
   timer = Timer(wd.experiment_file("headline", "timing.json"))
+  command = invocation("experiments/headline.py")
   glue_file = wd.experiment_file("headline", "glue_train.txt")
 
   def archive() -> None:
@@ -74,7 +68,7 @@ def main(argv):
 
   if _REPORT_ONLY.value:
     archive()  # first: a run cut short before the search still brings back its training records
-    path = headline_report.write_report(wd, out, _CONFIG.value, timer.times, baselines.KINDS, invocation(),
+    path = headline_report.write_report(wd, out, _CONFIG.value, timer.times, baselines.KINDS, command,
                                       describe_transfer(_CONFIG.value))
     print(f"[headline] report (cells run so far): {path}")
     return
@@ -107,7 +101,7 @@ def main(argv):
   timer.run("evaluation suite", runner.run, "all", suite_config, wd.root, (), "evaluate")
   finetune_all(every)
   finetune_report.write_summary(wd, list(finetune.finetune_models(config, wd, every)), tasks)
-  path = headline_report.write_report(wd, out, config, timer.times, baselines.KINDS, invocation(),
+  path = headline_report.write_report(wd, out, config, timer.times, baselines.KINDS, command,
                                       describe_transfer(config))
   archive()
   print(f"[headline] report: {path}")

@@ -46,14 +46,11 @@ def hardware() -> str:
 def suite_section(wd: Workdir, figures: pathlib.Path, models: dict[str, dict]) -> list[str]:
   """The evaluation suite's table (no fine-tuning), each row with its kind in this experiment
   (the suite knows (c) only as a further model), and its plot; or why there is none."""
-  import csv
-
   from autodistil_jax import evaluate_report
 
   if not wd.suite_file("csv").is_file():
     return ["The evaluation suite has not run yet.", ""]
-  with wd.suite_file("csv").open(encoding="utf-8") as f:
-    rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+  rows = evaluate_report.read_csv(wd.suite_file("csv"))
   for row in rows:
     row["kind"] = models.get(row["model"], {}).get("kind", row["kind"])
   shutil.copy(wd.suite_file("png"), figures / "headline_suite.png")
@@ -61,13 +58,6 @@ def suite_section(wd: Workdir, figures: pathlib.Path, models: dict[str, dict]) -
           "fine-tuning: held-out relation loss to the teacher, zero-shot STS-B, frozen-feature "
           "probes, CKA to the teacher.", "", evaluate_report.markdown_table(rows).strip(), "",
           "![The suite against FLOPs](figures/headline_suite.png)", ""]
-
-
-def _number(text: str):
-  try:
-    return float(text)
-  except ValueError:
-    return text
 
 
 def read_selected(wd: Workdir) -> dict[str, dict]:

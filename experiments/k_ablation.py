@@ -16,7 +16,6 @@ picks side by side per budget.
 
 from __future__ import annotations
 
-import csv
 import json
 import pathlib
 import sys
@@ -27,7 +26,7 @@ from ml_collections import config_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
-from timing import Timer  # noqa: E402
+from timing import Timer, invocation  # noqa: E402
 from transfer import describe_transfer, with_transfer_set  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "headline.py"),
@@ -59,21 +58,19 @@ def arm_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.C
 
 def read_arm(root: pathlib.Path) -> tuple[dict, dict[str, dict]]:
   """(budget -> selected row, model name -> suite row) of one arm's run, as far as it got."""
+  from autodistil_jax import evaluate_report
   from autodistil_jax.workdir import Workdir
 
   wd = Workdir.at(root)
   selected = json.loads(wd.selected_file.read_text()) if wd.selected_file.is_file() else {}
-  suite = {}
-  if wd.suite_file("csv").is_file():
-    with wd.suite_file("csv").open(encoding="utf-8") as f:
-      suite = {row["model"]: row for row in csv.DictReader(f)}
-  return selected, suite
+  rows = evaluate_report.read_csv(wd.suite_file("csv")) if wd.suite_file("csv").is_file() else []
+  return selected, {row["model"]: row for row in rows}
 
 
 def _cells(row: dict | None) -> str:
   if row is None:
     return "— | — | — | —"
-  return " | ".join(f"{float(row[k]):{fmt}}" for k, fmt in (
+  return " | ".join(f"{row[k]:{fmt}}" for k, fmt in (
       ("relation", ".5f"), ("cka", ".3f"), ("sts_spearman", ".1f"), ("probe_avg", ".1f")))
 
 
@@ -103,7 +100,7 @@ def write_report(config, arms, root: pathlib.Path, out: pathlib.Path,
   lines = [
       "# K=3 compact sub-spaces against one large space (issue 15, part 4)", "",
       "Produced by `experiments/k_ablation.py`; resume or regenerate with:", "",
-      "```", " ".join(["python experiments/k_ablation.py", *sys.argv[1:]]).replace(" --report_only", ""),
+      "```", invocation("experiments/k_ablation.py"),
       "```", "",
       f"Transfer set: {describe_transfer(config)}; batch {config.train.batch_size}, sequence length "
       f"{config.data.seq_len}, peak learning rate {config.train.learning_rate:g}, "

@@ -1,9 +1,12 @@
-"""Wall time per stage of an experiment, kept in a JSON file and summed over resumed runs."""
+"""What an experiment keeps about its own runs: wall time per stage (a JSON file, summed over
+resumed runs) and the command that resumes it."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+import shlex
+import sys
 import time
 
 
@@ -22,3 +25,9 @@ class Timer:
     self.path.write_text(json.dumps(self.times, indent=2) + "\n")
     print(f"[{self.label}] {stage}: {self.times[stage]:.1f} s")
     return result
+
+
+def invocation(script: str) -> str:
+  """The command as run, less --report_only: what resumes (and rewrites) the experiment."""
+  args = [a for a in sys.argv[1:] if a.lstrip("-").split("=")[0] != "report_only"]
+  return shlex.join(["python", script, *args])

@@ -39,8 +39,9 @@ def _flat(params):
   return np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(params)])
 
 
-def test_step_compiles_once_for_the_whole_run(teacher, corpus):
-  config = tiny_config()
+def _compiled_step(teacher, **train_overrides):
+  """(sub-space, its SuperLM, optimizer, mesh, jitted step) of the tiny config."""
+  config = tiny_config(**train_overrides)
   space = SubSpace.from_config("mini", config.subspaces["mini"])
   superlm = init_superlm(teacher, space)
   optimizer = train.make_optimizer(config.train)
@@ -48,6 +49,11 @@ def test_step_compiles_once_for_the_whole_run(teacher, corpus):
   step = train.jit_train_step(train.make_train_step(
       nnx.graphdef(superlm), nnx.graphdef(teacher), optimizer,
       train.StepConfig.from_config(config, teacher)), mesh)
+  return space, superlm, optimizer, mesh, step
+
+
+def test_step_compiles_once_for_the_whole_run(teacher, corpus):
+  space, superlm, optimizer, mesh, step = _compiled_step(teacher)
   params = parallel.replicate(mesh, get_params(superlm))
   opt_state = parallel.replicate(mesh, optimizer.init(params))
   teacher_params = parallel.replicate(mesh, get_params(teacher))
@@ -65,14 +71,7 @@ def test_step_compiles_once_for_the_whole_run(teacher, corpus):
 def _one_step(teacher, corpus, **train_overrides):
   """run(key) -> the parameters before and after one real SuperLM step of the tiny config, and
   its metrics; compiled once for every key."""
-  config = tiny_config(**train_overrides)
-  space = SubSpace.from_config("mini", config.subspaces["mini"])
-  superlm = init_superlm(teacher, space)
-  optimizer = train.make_optimizer(config.train)
-  mesh = parallel.make_mesh()
-  step = train.jit_train_step(train.make_train_step(
-      nnx.graphdef(superlm), nnx.graphdef(teacher), optimizer,
-      train.StepConfig.from_config(config, teacher)), mesh)
+  space, superlm, optimizer, mesh, step = _compiled_step(teacher, **train_overrides)
   before = jax.device_get(get_params(superlm))
   batch = parallel.global_batch(mesh, data.train_dataset(*corpus, 8, seed=0)[0])
   teacher_params = parallel.replicate(mesh, get_params(teacher))
