@@ -10,6 +10,12 @@ confidence intervals (resampling students).
 Per sub-space, --students students evenly spaced over the search's loss ranking (the best, the
 worst and the ones between) are scored inside their SuperLM by the suite (one compiled program);
 one JSON per sub-space under --out, skipped on a re-run; results.md is rewritten after each.
+
+Part 3b adds fine-tuned scores of the same students (`--finetune_tasks=stsb,mrpc`): the config's
+GLUE protocol (its learning rate, batch, epochs, dropouts and seeded max_train_examples subset; one
+seed, the dev score after the last epoch), every student of a sub-space from its SuperLM's weights
+in the proxy search's one program, `--students_per_call` at a time, each call's scores kept in
+<sub-space>-<task>.json so that a stopped run resumes.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the
 _FINETUNE = flags.DEFINE_list("finetune_tasks", [], "GLUE tasks to fine-tune the same students on "
                               "(part 3b), e.g. stsb,mrpc: the config's GLUE protocol, side by side.")
 _EPOCHS = flags.DEFINE_integer("finetune_epochs", 0, "Epochs of that fine-tuning (0: config.glue.epochs).")
+_PER_CALL = flags.DEFINE_integer("students_per_call", 0, "Students fine-tuned per call, their scores "
+                                 "saved after each (0: as many as fit in memory).")
 flags.mark_flags_as_required(["workdir", "out"])
 
 # Suite measures the search's loss should predict: (column, title, higher is better).
@@ -80,17 +88,23 @@ def finetune_settings(config, task_name: str, steps: int):
 
 
 def finetuned_scores(config, superlm, archs, tokenizer, mesh, path: pathlib.Path, epochs: int,
-                     task_name: str) -> dict[str, float]:
-  """arch name -> dev score after `epochs` epochs of fine-tuning on `task_name` from the SuperLM;
-  kept in `path` after every chunk of students (a re-run with the same settings resumes)."""
+                     task_name: str, per_call: int = 0) -> dict[str, float]:
+  """arch name -> dev score after `epochs` epochs of fine-tuning on `task_name` from the SuperLM,
+  on the protocol's seeded training subset (config.glue.max_train_examples; 0: all); kept in `path`
+  after every call of `per_call` students (0: as many as fit; a re-run with the same settings
+  resumes)."""
   import dataclasses
 
-  from autodistil_jax import proxy, workdir
+  from autodistil_jax import glue, proxy, workdir
 
   settings = finetune_settings(config, task_name, 0)
   train, dev = proxy.read_task(settings, config.data.glue_dir, tokenizer)
-  settings = dataclasses.replace(settings, steps=epochs * (len(train["labels"]) // settings.batch_size))
-  inputs = {**settings.inputs(), "archs": [a.name for a in archs]}
+  keep = glue.seeded_subset(len(train["labels"]), config.glue.max_train_examples, config.seed)
+  train = {k: v[keep] for k, v in train.items()}
+  settings = dataclasses.replace(settings, steps=epochs * (len(train["labels"]) // settings.batch_size),
+                                 students_per_call=per_call)
+  inputs = {**settings.inputs(), "max_train_examples": config.glue.max_train_examples,
+            "archs": [a.name for a in archs]}
   done = proxy.load_done(path, inputs)
   save = lambda scores: workdir.write_text_atomic(
       path, json.dumps({"inputs": inputs, "scores": scores}, indent=1) + "\n")
@@ -117,7 +131,11 @@ def report(cells: dict[str, list[dict]], resamples: int, tasks: list[str]) -> st
     loss = np.array([r["search_loss"] for r in rows])
     parts = []
     for column, _, higher in measures:
-      tau, low, high = tau_with_interval(loss, np.array([r[column] for r in rows]), higher, resamples)
+      measure = np.array([r[column] for r in rows])
+      if len(np.unique(measure)) < 2:  # tau is undefined: say why instead of printing nan
+        parts.append(f"— (all {measure[0]:.3g})")
+        continue
+      tau, low, high = tau_with_interval(loss, measure, higher, resamples)
       parts.append(f"{tau:+.2f} [{low:+.2f}, {high:+.2f}]")
     lines.append(f"| {name} | {len(rows)} | " + " | ".join(parts) + " |")
   lines += ["", "Students (search loss, suite measures):", "",
@@ -182,7 +200,7 @@ def main(argv):
       superlm = superlm or load_superlm(config, wd, name, teacher, mesh)[0]
       start = time.perf_counter()
       scores = finetuned_scores(config, superlm, archs, tokenizer, mesh, out / f"{name}-{task}.json", epochs,
-                                task)
+                                task, _PER_CALL.value)
       seconds = time.perf_counter() - start
       print(f"[search_validation] {name} {task}: {len(scores)} students in {seconds:.0f} s")
       for row in cells[name]:

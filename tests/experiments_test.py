@@ -1,5 +1,6 @@
 """experiments/parameter_movement.py on a SuperLM of the seconds-long test config."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -35,3 +36,37 @@ def test_parameter_movement_shows_the_last_layers_output_untrained(data_dir, tmp
   assert row("q_kernel")[1] > 0.01 and row("ffn_out_kernel")[0] > 0.01  # what the relations reach
   grads = [line for line in report.splitlines() if line.startswith("| smallest")]
   assert len(grads) == 2 and all(line.split(" | ")[-2] == "0.00e+00" for line in grads)  # L1: layer 2 unused
+
+
+@pytest.mark.slow
+def test_search_validation_scores_and_fine_tunes_spread_students(data_dir, tmp_path):
+  """experiments/search_validation.py on a searched toy sub-space: 4 students spread over the
+  search's ranking, the suite on each, then fine-tuned on STS-B and MRPC two per call (the scores
+  kept after each call); taus for every measure; a re-run fine-tunes nothing again."""
+  corpus = str(data_dir / "wikitext-2" / "valid.txt")
+  config = tiny_config(num_steps=2)
+  config.data.corpus, config.data.glue_dir = corpus, str(data_dir / "glue")
+  runner.run("train", config, tmp_path / "work")
+  runner.run("search", config, tmp_path / "work")
+  out = tmp_path / "out"
+  command = [sys.executable, str(ROOT / "experiments" / "search_validation.py"),
+             f"--workdir={tmp_path / 'work'}", f"--out={out}", f"--config={ROOT}/tests/configs/tiny_test.py",
+             f"--config.data.corpus={corpus}", f"--config.data.glue_dir={data_dir / 'glue'}",
+             "--config.train.num_steps=2", "--students=4", "--bootstrap=50",
+             "--finetune_tasks=stsb,mrpc", "--students_per_call=2"]
+  env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+  done = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  stored = {t: json.loads((out / f"mini-{t}.json").read_text()) for t in ("stsb", "mrpc")}
+  assert all(len(s["scores"]) == 4 and s["inputs"]["max_train_examples"] == 32 for s in stored.values())
+  assert stored["stsb"]["inputs"]["steps"] == 32 // 8  # one epoch of the protocol's 32 examples
+  report = (out / "results.md").read_text()
+  header = next(line for line in report.splitlines() if line.startswith("| sub-space | students |"))
+  assert "fine-tuned stsb" in header and "fine-tuned mrpc" in header
+  row = next(line for line in report.splitlines() if line.startswith("| mini | 4 |"))
+  cells = row.split(" | ")[2:]
+  assert "nan" not in row and len(cells) == 7  # five suite measures and two tasks
+  assert all("[" in c or c.startswith("— (all ") for c in cells)  # a tau, or every student tied
+  again = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert {t: json.loads((out / f"mini-{t}.json").read_text()) for t in stored} == stored
