@@ -28,9 +28,17 @@ from autodistil_jax.search_space import exact_flops
 from autodistil_jax.workdir import Workdir, write_text_atomic
 
 
-def init_head(hidden: int, num_labels: int, seed: int) -> dict:
+def init_head(hidden: int, num_labels: int, seed: int, bias: float = 0.0) -> dict:
   kernel = 0.02 * jax.random.normal(jax.random.key(seed), (hidden, num_labels), jnp.float32)
-  return {"kernel": kernel, "bias": jnp.zeros((num_labels,), jnp.float32)}
+  return {"kernel": kernel, "bias": jnp.full((num_labels,), bias, jnp.float32)}
+
+
+def head_bias(task: glue.Task, train_labels: np.ndarray, mode: str) -> float:
+  """The head's initial bias under config.glue.regression_bias: the training labels' mean for a
+  regression task under "label_mean", else 0 (classification heads always start at 0)."""
+  if mode not in glue.REGRESSION_BIAS:
+    raise ValueError(f"regression_bias={mode!r} must be one of {', '.join(glue.REGRESSION_BIAS)}")
+  return float(np.mean(train_labels)) if task.is_regression and mode == "label_mean" else 0.0
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
@@ -225,7 +233,8 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
       encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh)
   schedule = schedule_values(mesh, learning_rate, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
   params = {"encoder": get_params(encoder),
-            "head": init_head(encoder.config.hidden, task.num_labels, seed)}
+            "head": init_head(encoder.config.hidden, task.num_labels, seed,
+                              head_bias(task, train["labels"], cfg.regression_bias))}
   # A copy: the step donates its parameters, and the encoder's own arrays must survive this run.
   params = parallel.replicate(mesh, jax.tree.map(jnp.array, params))
   opt_state = parallel.replicate(mesh, optimizer.init(params))
@@ -262,7 +271,8 @@ def finetune_seeds(encoder: BertEncoder, task: glue.Task, train: dict[str, np.nd
       encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh)
   schedule = schedule_values(mesh, learning_rate, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
   encoder_params = get_params(encoder)
-  per_seed = [{"encoder": encoder_params, "head": init_head(encoder.config.hidden, task.num_labels, s)}
+  bias = head_bias(task, train["labels"], cfg.regression_bias)
+  per_seed = [{"encoder": encoder_params, "head": init_head(encoder.config.hidden, task.num_labels, s, bias)}
               for s in seeds]
   params = parallel.replicate(mesh, jax.tree.map(lambda *x: jnp.stack(x), *per_seed))
   opt_state = parallel.replicate(mesh, jax.vmap(optimizer.init)(params))

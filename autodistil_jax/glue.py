@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+# config.glue.regression_bias: where a regression head's bias starts (finetune.head_bias).
+REGRESSION_BIAS = ("zero", "label_mean")
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:

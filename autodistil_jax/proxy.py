@@ -132,6 +132,24 @@ def read_task(settings: ProxySettings, glue_dir: str, tokenizer) -> tuple[dict, 
   return train, {k: v[keep] for k, v in dev.items()}
 
 
+def glue_protocol(config: ml_collections.ConfigDict, task_name: str, epochs: int,
+                  tokenizer) -> tuple[ProxySettings, dict, dict, float]:
+  """config.glue's protocol for this program, which fine-tunes many students side by side: its
+  learning rate, batch, warmup, dropouts and sequence length, its seeded max_train_examples subset
+  for `epochs` epochs, one seed, every dev example, the dev score after the last step (the GLUE
+  stage keeps the best epoch's); regression tasks allowed (experiments/search_validation.py).
+  (settings, train features, dev features, the head's initial bias: finetune.head_bias)."""
+  g = config.glue
+  settings = ProxySettings(glue.get_task(task_name), 0, float(g.learning_rates[0]), g.batch_size,
+                           g.eval_batch_size, float(g.warmup_ratio), g.seq_len, g.pad_multiple,
+                           float(g.dropout), float(g.attention_dropout), 0, 0, 0, "auto", config.seed)
+  train, dev = read_task(settings, config.data.glue_dir, tokenizer)
+  keep = glue.seeded_subset(len(train["labels"]), g.max_train_examples, config.seed)
+  train = {k: v[keep] for k, v in train.items()}
+  settings = dataclasses.replace(settings, steps=epochs * (len(train["labels"]) // settings.batch_size))
+  return settings, train, dev, finetune.head_bias(settings.task, train["labels"], g.regression_bias)
+
+
 def training_batches(train: dict[str, np.ndarray], settings: ProxySettings) -> Iterator[dict]:
   """`steps` batches: seeded permutations of the training set, one after another."""
   n, size = len(train["labels"]), settings.batch_size
@@ -247,16 +265,16 @@ def _train(train_step, params, opt_state, train: dict, settings: ProxySettings, 
 
 
 def finetune_chunk(superlm: BertEncoder, archs: Sequence[Arch], train: dict, dev: dict,
-                   settings: ProxySettings, mesh: jax.sharding.Mesh,
-                   chunk: int) -> tuple[list[dict], np.ndarray]:
+                   settings: ProxySettings, mesh: jax.sharding.Mesh, chunk: int,
+                   head_bias: float = 0.0) -> tuple[list[dict], np.ndarray]:
   """(GLUE metrics on dev of each of `archs`, their training losses [steps, len(archs)]) after
-  fine-tuning each from the SuperLM's weights; at most `chunk` archs, the call padded to `chunk`
-  with copies of the last."""
+  fine-tuning each from the SuperLM's weights, the head's bias starting at `head_bias`; at most
+  `chunk` archs, the call padded to `chunk` with copies of the last."""
   table = parallel.replicate(mesh, arch_table(archs, chunk))
   start, train_step, predict = make_program(superlm.config, settings.task, settings.dropout,
                                             settings.attention_dropout, mesh, chunk,
                                             student_batching(settings, mesh))
-  head = finetune.init_head(superlm.config.hidden, settings.task.num_labels, settings.seed)
+  head = finetune.init_head(superlm.config.hidden, settings.task.num_labels, settings.seed, head_bias)
   params, opt_state = start(parallel.replicate(mesh, {"encoder": get_params(superlm), "head": head}))
   params, losses = _train(train_step, params, opt_state, train, settings, mesh, table)
   preds = finetune.predict_all(predict, params, dev, settings.eval_batch_size, settings.pad_multiple, mesh,
@@ -290,16 +308,18 @@ def finetune_alone(superlm: BertEncoder, arch: Arch, train: dict, dev: dict, set
 def score_students(superlm: BertEncoder, archs: Sequence[Arch], train: dict, dev: dict,
                    settings: ProxySettings, mesh: jax.sharding.Mesh, chunk: int,
                    done: dict[str, dict], save: Callable[[dict[str, dict]], None],
-                   progress: Callable[[int], None] | None = None) -> dict[str, dict]:
+                   progress: Callable[[int], None] | None = None,
+                   head_bias: float = 0.0) -> dict[str, dict]:
   """arch name -> {"proxy_score": main GLUE score, **metrics} for every arch; those in `done` are
-  kept, the rest fine-tuned `chunk` at a time, `save` called with everything after each chunk."""
+  kept, the rest fine-tuned `chunk` at a time (finetune_chunk), `save` called with everything after
+  each chunk."""
   scores = {a.name: done[a.name] for a in archs if a.name in done}
   todo = [a for a in archs if a.name not in scores]
   if progress is not None:
     progress(len(archs) - len(todo))
   for begin in range(0, len(todo), chunk):
     part = todo[begin:begin + chunk]
-    metrics, losses = finetune_chunk(superlm, part, train, dev, settings, mesh, chunk)
+    metrics, losses = finetune_chunk(superlm, part, train, dev, settings, mesh, chunk, head_bias)
     for arch, m, loss in zip(part, metrics, losses.T, strict=True):
       scores[arch.name] = {"proxy_score": glue.main_score(settings.task, m), **m,
                            "final_train_loss": float(loss[-1])}

@@ -43,7 +43,8 @@ def protocol(args) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "batch_size": args.batch_size, "eval_batch_size": 128, "epochs": args.epochs,
       "warmup_ratio": args.warmup_ratio, "pad_multiple": 16, "dropout": 0.1,
-      "attention_dropout": 0.1})
+      # transformers starts a regression head's bias at zero: so do we, to compare like with like.
+      "attention_dropout": 0.1, "regression_bias": "zero"})
 
 
 def load_task(task: glue.Task, data_dir: str, tokenizer, seq_len: int, max_train: int, seed: int):

@@ -12,10 +12,10 @@ worst and the ones between) are scored inside their SuperLM by the suite (one co
 one JSON per sub-space under --out, skipped on a re-run; results.md is rewritten after each.
 
 Part 3b adds fine-tuned scores of the same students (`--finetune_tasks=stsb,mrpc`): the config's
-GLUE protocol (its learning rate, batch, epochs, dropouts and seeded max_train_examples subset; one
-seed, the dev score after the last epoch), every student of a sub-space from its SuperLM's weights
-in the proxy search's one program, `--students_per_call` at a time, each call's scores kept in
-<sub-space>-<task>.json so that a stopped run resumes.
+GLUE protocol (its learning rate, batch, epochs, dropouts, regression_bias and seeded
+max_train_examples subset; one seed, the dev score after the last epoch), every student of a
+sub-space from its SuperLM's weights in the proxy search's one program, `--students_per_call` at a
+time, each call's scores kept in <sub-space>-<task>.json so that a stopped run resumes.
 """
 
 from __future__ import annotations
@@ -74,19 +74,6 @@ def tau_with_interval(loss: np.ndarray, measure: np.ndarray, higher_better: bool
   return float(tau(np.arange(len(loss)))), float(low), float(high)
 
 
-def finetune_settings(config, task_name: str, steps: int):
-  """The config's GLUE protocol (learning rate, batch, warmup, dropouts, sequence length) for the
-  proxy search's program, which fine-tunes many students of one SuperLM side by side: one seed,
-  `steps` steps, the dev score after the last one (the protocol keeps the best epoch's)."""
-  from autodistil_jax import glue, proxy
-
-  g = config.glue
-  return proxy.ProxySettings(
-      glue.get_task(task_name), steps, float(g.learning_rates[0]), g.batch_size, g.eval_batch_size,
-      float(g.warmup_ratio), g.seq_len, g.pad_multiple, float(g.dropout), float(g.attention_dropout),
-      0, 0, 0, "auto", config.seed)
-
-
 def finetuned_scores(config, superlm, archs, tokenizer, mesh, path: pathlib.Path, epochs: int,
                      task_name: str, per_call: int = 0) -> dict[str, float]:
   """arch name -> dev score after `epochs` epochs of fine-tuning on `task_name` from the SuperLM,
@@ -95,21 +82,18 @@ def finetuned_scores(config, superlm, archs, tokenizer, mesh, path: pathlib.Path
   resumes)."""
   import dataclasses
 
-  from autodistil_jax import glue, proxy, workdir
+  from autodistil_jax import proxy, workdir
 
-  settings = finetune_settings(config, task_name, 0)
-  train, dev = proxy.read_task(settings, config.data.glue_dir, tokenizer)
-  keep = glue.seeded_subset(len(train["labels"]), config.glue.max_train_examples, config.seed)
-  train = {k: v[keep] for k, v in train.items()}
-  settings = dataclasses.replace(settings, steps=epochs * (len(train["labels"]) // settings.batch_size),
-                                 students_per_call=per_call)
+  settings, train, dev, bias = proxy.glue_protocol(config, task_name, epochs, tokenizer)
+  settings = dataclasses.replace(settings, students_per_call=per_call)
   inputs = {**settings.inputs(), "max_train_examples": config.glue.max_train_examples,
-            "archs": [a.name for a in archs]}
+            "head_bias": bias, "archs": [a.name for a in archs]}
   done = proxy.load_done(path, inputs)
   save = lambda scores: workdir.write_text_atomic(
       path, json.dumps({"inputs": inputs, "scores": scores}, indent=1) + "\n")
   chunk = proxy.students_per_call(settings, superlm.config, len(archs), mesh)
-  scores = proxy.score_students(superlm, archs, train, dev, settings, mesh, chunk, done, save)
+  scores = proxy.score_students(superlm, archs, train, dev, settings, mesh, chunk, done, save,
+                                head_bias=bias)
   return {name: 100 * s["proxy_score"] for name, s in scores.items()}
 
 

@@ -52,14 +52,15 @@ def test_search_validation_scores_and_fine_tunes_spread_students(data_dir, tmp_p
   command = [sys.executable, str(ROOT / "experiments" / "search_validation.py"),
              f"--workdir={tmp_path / 'work'}", f"--out={out}", f"--config={ROOT}/tests/configs/tiny_test.py",
              f"--config.data.corpus={corpus}", f"--config.data.glue_dir={data_dir / 'glue'}",
-             "--config.train.num_steps=2", "--students=4", "--bootstrap=50",
-             "--finetune_tasks=stsb,mrpc", "--students_per_call=2"]
+             "--config.train.num_steps=2", "--config.glue.regression_bias=label_mean", "--students=4",
+             "--bootstrap=50", "--finetune_tasks=stsb,mrpc", "--students_per_call=2"]
   env = {**os.environ, "HF_HUB_OFFLINE": "1"}
   done = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   stored = {t: json.loads((out / f"mini-{t}.json").read_text()) for t in ("stsb", "mrpc")}
   assert all(len(s["scores"]) == 4 and s["inputs"]["max_train_examples"] == 32 for s in stored.values())
   assert stored["stsb"]["inputs"]["steps"] == 32 // 8  # one epoch of the protocol's 32 examples
+  assert 1.5 < stored["stsb"]["inputs"]["head_bias"] < 4 and stored["mrpc"]["inputs"]["head_bias"] == 0
   report = (out / "results.md").read_text()
   header = next(line for line in report.splitlines() if line.startswith("| sub-space | students |"))
   assert "fine-tuned stsb" in header and "fine-tuned mrpc" in header
@@ -70,3 +71,28 @@ def test_search_validation_scores_and_fine_tunes_spread_students(data_dir, tmp_p
   again = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env)
   assert again.returncode == 0, again.stderr[-3000:]
   assert {t: json.loads((out / f"mini-{t}.json").read_text()) for t in stored} == stored
+
+
+@pytest.mark.slow
+def test_regression_bias_starts_the_head_at_the_label_mean(data_dir, tmp_path):
+  """experiments/regression_bias.py on a toy SuperLM: STS-B from a zero bias starts at about the
+  labels' squared mean plus their variance, from the label mean at about their variance."""
+  corpus = str(data_dir / "wikitext-2" / "valid.txt")
+  config = tiny_config(num_steps=2)
+  config.data.corpus = corpus
+  runner.run("train", config, tmp_path / "work")
+  done = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "regression_bias.py"), f"--workdir={tmp_path / 'work'}",
+       f"--out={tmp_path / 'out'}", f"--config={ROOT}/tests/configs/tiny_test.py", "--subspace=mini",
+       "--arch=2,48,2.0,3", "--arch=1,32,1.0,2", f"--config.data.corpus={corpus}",
+       f"--config.data.glue_dir={data_dir / 'glue'}", "--config.train.num_steps=2"],
+      capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = [line.split(" | ") for line in (tmp_path / "out" / "mini-stsb.md").read_text().splitlines()
+          if line.startswith(("| zero", "| label_mean"))]
+  students = ["L2_H48_R2_A3", "L1_H32_R1_A2"]
+  assert [r[1] for r in rows] == students * 2 and [r[0] for r in rows[:2]] == ["| zero (0.000)"] * 2
+  assert rows[2][0] == rows[3][0] and rows[2][0].startswith("| label_mean (")
+  assert 1.5 < float(rows[2][0].split("(")[1].rstrip(")")) < 4  # the 32 labels' mean
+  first = [float(r[3]) for r in rows]
+  assert min(first[:2]) > 2 * max(first[2:])  # the offset is what a zero bias must first learn

@@ -37,7 +37,7 @@ def _cfg(pad_multiple, dropout=0.1):
   return ml_collections.ConfigDict({"batch_size": 16, "eval_batch_size": 32, "epochs": 2,
                                     "dropout": dropout, "attention_dropout": dropout,
                                     "pad_multiple": pad_multiple,
-                                    "warmup_ratio": 0.0})
+                                    "warmup_ratio": 0.0, "regression_bias": "zero"})
 
 
 @pytest.mark.slow  # two fine-tuning runs: in the slow CI step, keeping the default run under 15 min
@@ -120,3 +120,18 @@ def test_learning_rate_schedule_is_transformers_linear_warmup_step_for_step():
     assert float(ours(step)) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6, abs=1e-12), step
     opt.step()
     reference.step()
+
+
+def test_a_regression_head_starts_at_the_label_mean_only_when_asked():
+  """config.glue.regression_bias: STS-B's head bias starts at its training labels' mean under
+  label_mean, at 0 under zero (transformers' init); classification heads always start at 0."""
+  labels = np.array([0.0, 1.5, 4.0, 5.0], np.float32)
+  stsb, rte = glue.get_task("stsb"), glue.get_task("rte")
+  assert finetune.head_bias(stsb, labels, "label_mean") == pytest.approx(2.625)
+  assert finetune.head_bias(stsb, labels, "zero") == 0.0
+  assert finetune.head_bias(rte, np.array([0, 1, 1]), "label_mean") == 0.0
+  head = finetune.init_head(8, 1, 0, 2.625)
+  assert np.asarray(head["bias"]).tolist() == [2.625]
+  assert np.array_equal(head["kernel"], finetune.init_head(8, 1, 0)["kernel"])  # only the bias moves
+  with pytest.raises(ValueError, match="regression_bias='median' must be one of zero, label_mean"):
+    finetune.head_bias(stsb, labels, "median")
