@@ -36,6 +36,8 @@ flags.DEFINE_integer("epochs", 3, "training epochs")
 flags.DEFINE_float("warmup_ratio", 0.1, "share of the steps spent warming up")
 flags.DEFINE_integer("seq_len", 128, "maximum tokens per example")
 flags.DEFINE_integer("max_train", 0, "0: the full training set")
+flags.DEFINE_enum("regression_bias", "zero", list(glue.REGRESSION_BIAS), "where a regression head's bias "
+                  "starts, on both sides (config.glue.regression_bias; zero is transformers' init)")
 flags.DEFINE_bool("report_only", False, "print the table from the cells so far, run nothing")
 flags.mark_flags_as_required(['data_dir', 'out'])
 
@@ -43,8 +45,7 @@ def protocol(args) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "batch_size": args.batch_size, "eval_batch_size": 128, "epochs": args.epochs,
       "warmup_ratio": args.warmup_ratio, "pad_multiple": 16, "dropout": 0.1,
-      # transformers starts a regression head's bias at zero: so do we, to compare like with like.
-      "attention_dropout": 0.1, "regression_bias": "zero"})
+      "attention_dropout": 0.1, "regression_bias": args.regression_bias})
 
 
 def load_task(task: glue.Task, data_dir: str, tokenizer, seq_len: int, max_train: int, seed: int):
@@ -68,6 +69,8 @@ def run_torch(teacher_dir, task, train, dev, cfg, lr: float, seed: int) -> dict:
   model = AutoModelForSequenceClassification.from_pretrained(
       str(teacher_dir), num_labels=task.num_labels, attn_implementation="eager",
       problem_type="regression" if task.is_regression else "single_label_classification")
+  with torch.no_grad():  # zero unless asked otherwise: transformers' own init
+    model.classifier.bias.fill_(finetune.head_bias(task, train["labels"], cfg.regression_bias))
   steps_per_epoch = len(train["labels"]) // cfg.batch_size
   total = steps_per_epoch * cfg.epochs
   optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
