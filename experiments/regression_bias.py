@@ -29,7 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "demo
                                           "The config the SuperLM was trained with.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir holding the trained SuperLM.")
 _SUBSPACE = flags.DEFINE_string("subspace", "base", "The sub-space whose SuperLM is read.")
-_ARCHS = flags.DEFINE_multi_string("arch", None, "A student of that sub-space as 'L,H,R,A' (repeat the flag).")
+_ARCHS = flags.DEFINE_multi_string("arch", None, "A student of that sub-space as 'L,H,R,A' (repeatable).")
 _TASK = flags.DEFINE_string("task", "stsb", "A GLUE regression task.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the report.")
 flags.mark_flags_as_required(["workdir", "out", "arch"])
