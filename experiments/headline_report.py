@@ -237,7 +237,8 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
       f"one-student sub-space with the same objective, data and {t.num_steps} steps.",
       f"- GLUE: {', '.join(tasks)} dev; seeds {tuple(g.seeds)}; {train_size(g)}, {g.epochs} epochs, "
       f"batch {g.batch_size}, learning rate {', '.join(f'{x:g}' for x in g.learning_rates)} with "
-      f"{100 * g.get('warmup_ratio', 0.0):g}% linear warmup, sequence length {g.seq_len}; best epoch on dev. "
+      f"{100 * g.get('warmup_ratio', 0.0):g}% linear warmup, sequence length {g.seq_len}; regression head's "
+      f"bias starting at {g.get('regression_bias', 'zero').replace('_', ' ')}; best epoch on dev. "
       "Scores x100: accuracy (SST-2, RTE), mean of F1 and accuracy (MRPC), Matthews corr. (CoLA), "
       "mean of Pearson and Spearman (STS-B). ± is the standard deviation over seeds (ddof 0); the "
       "average is taken per seed, then over seeds.", "",
