@@ -1,7 +1,7 @@
 """The headline experiment (issues 8 and 15): AutoDistil against its baselines, on GLUE and the
 evaluation suite. One file, one argument for the machine (big_vision style):
 
-  python experiments/headline.py --workdir=runs/headline --data_dir=../shared/data --out=docs
+  python experiments/headline.py --workdir=runs/headline --data_dir=../shared/data --out=docs/headline
   python experiments/headline.py --config=configs/headline.py:gpu --workdir=/tmp/h --data_dir=DATA --out=OUT
   bash experiments/headline_gpu.sh pack   # here: teacher and data into .bundle/ for the GPU machine
 
@@ -18,8 +18,9 @@ for the teacher, about 19 hours for the teacher, two searched students and their
 the GLUE training sentences one per sequence (docs/objective.md section 6: the transfer set under
 which SuperLM training kept most students above their sliced initialisation), GLUE on the full
 training sets of all five small tasks with SST-2 (67k examples), 3 seeds, each batch padded to
-128 so that every (architecture, task) compiles once. Expected wall time on one H100: 10-15
-minutes (estimated, not yet measured: docs/results.md, part 6, gives the arithmetic).
+128 so that every (architecture, task) compiles once. Expected wall time on one H100: about 9-10
+minutes (estimated from FLOP counts, not yet measured: docs/objective.md section 9 gives the
+arithmetic).
 
 `runlocal` (`:gpu,runlocal` or `:cpu,runlocal`): the same code paths at toy sizes, minutes on a
 CPU (the slow test of experiments/headline_gpu.sh).
@@ -60,7 +61,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.glue.warmup_ratio = 0.1
   # STS-B's head starts at the training labels' mean: from zero, students cannot reach the labels'
   # offset in 3 epochs and score ~0 whatever they know (docs/objective.md section 11: the <= 50%
-  # student 12.7 -> 72.7, docs/regression_bias/base-stsb.md); the teacher is not hurt (seed 0:
+  # student 12.7 -> 72.7, docs/regression_bias/base-stsb-5749.md); the teacher is not hurt (seed 0:
   # 85.7 from zero, 86.2 from the mean, docs/glue_reference_label_mean).
   c.glue.regression_bias = "label_mean"
   c.glue.batch_size = 32

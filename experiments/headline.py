@@ -2,7 +2,7 @@
 
 One command runs the whole experiment, resumably (each finished piece is skipped on a re-run):
 
-  python experiments/headline.py --workdir=runs/headline --data_dir=../shared/data --out=docs
+  python experiments/headline.py --workdir=runs/headline --data_dir=../shared/data --out=docs/headline
 
 1. transfer set: WikiText-2 valid+test, Tiny Shakespeare and the GLUE training sentences;
 2. SuperLMs of the demo sub-spaces (train), search, and the students selected per FLOPs budget;

@@ -1,5 +1,6 @@
-"""docs/results.md for experiments/headline.py: the GLUE table (mean and std over seeds), the claim
-checked against it, the Pareto plot and GLUE average against FLOPs, commands, wall times, hardware."""
+"""<out>/results.md for experiments/headline.py (docs/headline/ when run on the CPU): the GLUE table
+(mean and std over seeds), the claim checked against it, the Pareto plot and GLUE average against
+FLOPs, commands, wall times, hardware."""
 
 from __future__ import annotations
 

@@ -44,6 +44,8 @@ VARIANTS = {
     "lr4e-5_embed1": {"learning_rate": 4e-5, "embedding_relation_weight": 1.0},
     # the unlabeled sentences of the GLUE training sets, one per sequence, instead of WikiText-2
     "lr4e-5_glue": {"learning_rate": 4e-5, "glue_sentences": True},
+    # as lr4e-5_glue with MiniLMv2's KL of the relation distributions instead of the paper's MSE
+    "lr4e-5_glue_kl": {"learning_rate": 4e-5, "glue_sentences": True, "loss": "kl"},
 }
 GLUE_SENTENCES = ("sst2", "mrpc", "rte", "cola", "stsb")
 

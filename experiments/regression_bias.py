@@ -9,8 +9,9 @@ fine-tuned from their SuperLM under each config.glue.regression_bias, side by si
 overrides as on launch/main.py). Each --arch student is fine-tuned on --task under the config's
 GLUE protocol (one seed, its max_train_examples subset, the dev score after the last epoch) in the
 proxy search's program, once with the head's bias at zero (transformers' init) and once at the
-training labels' mean. Writes <out>/<subspace>-<task>.md with the dev scores, the first and last
-training losses and the seconds each took.
+training labels' mean. Writes <out>/<subspace>-<task>-<training examples>.md with the dev scores,
+the first and last training losses and the seconds each took (a subset and the full set of the
+same task go to separate pages).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main(argv):
                    f"{losses[0, i]:.3f} | {losses[-1, i]:.3f} | {seconds:.0f} |")
   out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
-  path = out / f"{_SUBSPACE.value}-{task.name}.md"
+  path = out / f"{_SUBSPACE.value}-{task.name}-{len(train['labels'])}.md"
   path.write_text("\n".join(lines) + "\n")
   print("\n".join(lines[6:]))
   print(f"[regression_bias] {path}")

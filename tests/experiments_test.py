@@ -1,4 +1,5 @@
-"""experiments/parameter_movement.py on a SuperLM of the seconds-long test config."""
+"""experiments/parameter_movement.py, search_validation.py and regression_bias.py on a SuperLM of
+the seconds-long test config."""
 
 import json
 import os
@@ -14,20 +15,31 @@ from autodistil_jax import runner
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def toy_superlm(data_dir: pathlib.Path, tmp_path: pathlib.Path, steps: int,
+                search: bool = False) -> list[str]:
+  """Trains (and searches) the toy sub-space into tmp_path/work; returns the flags that give an
+  experiment script the same config, data and workdir."""
+  corpus, glue = str(data_dir / "wikitext-2" / "valid.txt"), str(data_dir / "glue")
+  config = tiny_config(num_steps=steps)
+  config.data.corpus, config.data.glue_dir = corpus, glue
+  for stage in ("train", "search") if search else ("train",):
+    runner.run(stage, config, tmp_path / "work")
+  return [f"--workdir={tmp_path / 'work'}", f"--out={tmp_path / 'out'}",
+          f"--config={ROOT}/tests/configs/tiny_test.py", f"--config.data.corpus={corpus}",
+          f"--config.data.glue_dir={glue}", f"--config.train.num_steps={steps}"]
+
+
+def run_experiment(script: str, flags: list[str], timeout: int) -> None:
+  done = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *flags], capture_output=True,
+                        text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+  assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_parameter_movement_shows_the_last_layers_output_untrained(data_dir, tmp_path):
   """Under the paper's objective the last layer's attention output and FFN get no gradient, so
   they move only by weight decay, while its queries and keys move (docs/objective.md section 1)."""
-  corpus = str(data_dir / "wikitext-2" / "valid.txt")
-  config = tiny_config(num_steps=4)
-  config.data.corpus = corpus
-  runner.run("train", config, tmp_path / "work")
-  done = subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / "parameter_movement.py"), f"--workdir={tmp_path / 'work'}",
-       f"--out={tmp_path / 'out'}", f"--config={ROOT}/tests/configs/tiny_test.py", "--subspace=mini",
-       f"--config.data.corpus={corpus}", "--config.train.num_steps=4"],
-      capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-  assert done.returncode == 0, done.stderr[-3000:]
+  run_experiment("parameter_movement.py", [*toy_superlm(data_dir, tmp_path, steps=4), "--subspace=mini"], 600)
   report = (tmp_path / "out" / "work.md").read_text()
   row = lambda name: [float(x) for x in next(
       line for line in report.splitlines() if line.startswith(f"| layers/{name} |")).split("|")[2:4]]
@@ -43,20 +55,10 @@ def test_search_validation_scores_and_fine_tunes_spread_students(data_dir, tmp_p
   """experiments/search_validation.py on a searched toy sub-space: 4 students spread over the
   search's ranking, the suite on each, then fine-tuned on STS-B and MRPC two per call (the scores
   kept after each call); taus for every measure; a re-run fine-tunes nothing again."""
-  corpus = str(data_dir / "wikitext-2" / "valid.txt")
-  config = tiny_config(num_steps=2)
-  config.data.corpus, config.data.glue_dir = corpus, str(data_dir / "glue")
-  runner.run("train", config, tmp_path / "work")
-  runner.run("search", config, tmp_path / "work")
   out = tmp_path / "out"
-  command = [sys.executable, str(ROOT / "experiments" / "search_validation.py"),
-             f"--workdir={tmp_path / 'work'}", f"--out={out}", f"--config={ROOT}/tests/configs/tiny_test.py",
-             f"--config.data.corpus={corpus}", f"--config.data.glue_dir={data_dir / 'glue'}",
-             "--config.train.num_steps=2", "--config.glue.regression_bias=label_mean", "--students=4",
-             "--bootstrap=50", "--finetune_tasks=stsb,mrpc", "--students_per_call=2"]
-  env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-  done = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env)
-  assert done.returncode == 0, done.stderr[-3000:]
+  flags = [*toy_superlm(data_dir, tmp_path, steps=2, search=True), "--config.glue.regression_bias=label_mean",
+           "--students=4", "--bootstrap=50", "--finetune_tasks=stsb,mrpc", "--students_per_call=2"]
+  run_experiment("search_validation.py", flags, 1200)
   stored = {t: json.loads((out / f"mini-{t}.json").read_text()) for t in ("stsb", "mrpc")}
   assert all(len(s["scores"]) == 4 and s["inputs"]["max_train_examples"] == 32 for s in stored.values())
   assert stored["stsb"]["inputs"]["steps"] == 32 // 8  # one epoch of the protocol's 32 examples
@@ -68,8 +70,7 @@ def test_search_validation_scores_and_fine_tunes_spread_students(data_dir, tmp_p
   cells = row.split(" | ")[2:]
   assert "nan" not in row and len(cells) == 7  # five suite measures and two tasks
   assert all("[" in c or c.startswith("— (all ") for c in cells)  # a tau, or every student tied
-  again = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env)
-  assert again.returncode == 0, again.stderr[-3000:]
+  run_experiment("search_validation.py", flags, 1200)
   assert {t: json.loads((out / f"mini-{t}.json").read_text()) for t in stored} == stored
 
 
@@ -77,18 +78,9 @@ def test_search_validation_scores_and_fine_tunes_spread_students(data_dir, tmp_p
 def test_regression_bias_starts_the_head_at_the_label_mean(data_dir, tmp_path):
   """experiments/regression_bias.py on a toy SuperLM: STS-B from a zero bias starts at about the
   labels' squared mean plus their variance, from the label mean at about their variance."""
-  corpus = str(data_dir / "wikitext-2" / "valid.txt")
-  config = tiny_config(num_steps=2)
-  config.data.corpus = corpus
-  runner.run("train", config, tmp_path / "work")
-  done = subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / "regression_bias.py"), f"--workdir={tmp_path / 'work'}",
-       f"--out={tmp_path / 'out'}", f"--config={ROOT}/tests/configs/tiny_test.py", "--subspace=mini",
-       "--arch=2,48,2.0,3", "--arch=1,32,1.0,2", f"--config.data.corpus={corpus}",
-       f"--config.data.glue_dir={data_dir / 'glue'}", "--config.train.num_steps=2"],
-      capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-  assert done.returncode == 0, done.stderr[-3000:]
-  rows = [line.split(" | ") for line in (tmp_path / "out" / "mini-stsb.md").read_text().splitlines()
+  run_experiment("regression_bias.py", [*toy_superlm(data_dir, tmp_path, steps=2), "--subspace=mini",
+                                         "--arch=2,48,2.0,3", "--arch=1,32,1.0,2"], 900)
+  rows = [line.split(" | ") for line in (tmp_path / "out" / "mini-stsb-32.md").read_text().splitlines()
           if line.startswith(("| zero", "| label_mean"))]
   students = ["L2_H48_R2_A3", "L1_H32_R1_A2"]
   assert [r[1] for r in rows] == students * 2 and [r[0] for r in rows[:2]] == ["| zero (0.000)"] * 2
