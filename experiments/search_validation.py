@@ -74,20 +74,30 @@ def tau_with_interval(loss: np.ndarray, measure: np.ndarray, higher_better: bool
   return float(tau(np.arange(len(loss)))), float(low), float(high)
 
 
+def finetune_protocol(config, names: list[str], tokenizer, epochs: int, task_name: str, per_call: int = 0):
+  """(settings, train, dev, head bias, inputs): the config's GLUE protocol for the students named,
+  and what their stored scores must have been made with to be reused."""
+  import dataclasses
+
+  from autodistil_jax import proxy
+
+  settings, train, dev, bias = proxy.glue_protocol(config, task_name, epochs, tokenizer)
+  settings = dataclasses.replace(settings, students_per_call=per_call)
+  inputs = {**settings.inputs(), "max_train_examples": config.glue.max_train_examples,
+            "head_bias": bias, "archs": list(names)}
+  return settings, train, dev, bias, inputs
+
+
 def finetuned_scores(config, superlm, archs, tokenizer, mesh, path: pathlib.Path, epochs: int,
                      task_name: str, per_call: int = 0) -> dict[str, float]:
   """arch name -> dev score after `epochs` epochs of fine-tuning on `task_name` from the SuperLM,
   on the protocol's seeded training subset (config.glue.max_train_examples; 0: all); kept in `path`
   after every call of `per_call` students (0: as many as fit; a re-run with the same settings
   resumes)."""
-  import dataclasses
-
   from autodistil_jax import proxy, workdir
 
-  settings, train, dev, bias = proxy.glue_protocol(config, task_name, epochs, tokenizer)
-  settings = dataclasses.replace(settings, students_per_call=per_call)
-  inputs = {**settings.inputs(), "max_train_examples": config.glue.max_train_examples,
-            "head_bias": bias, "archs": [a.name for a in archs]}
+  settings, train, dev, bias, inputs = finetune_protocol(config, [a.name for a in archs], tokenizer, epochs,
+                                                         task_name, per_call)
   done = proxy.load_done(path, inputs)
   save = lambda scores: workdir.write_text_atomic(
       path, json.dumps({"inputs": inputs, "scores": scores}, indent=1) + "\n")
@@ -97,12 +107,29 @@ def finetuned_scores(config, superlm, archs, tokenizer, mesh, path: pathlib.Path
   return {name: 100 * s["proxy_score"] for name, s in scores.items()}
 
 
+def stored_cell(config, out: pathlib.Path, name: str, tokenizer, epochs: int, tasks: list[str]) -> list[dict]:
+  """A sub-space this run does not score, as stored under `out`: its suite rows, with each task's
+  fine-tuned scores where every student has one made under the current protocol (else no column:
+  the report says "not run" rather than mixing protocols)."""
+  from autodistil_jax import proxy
+
+  rows = json.loads((out / f"{name}.json").read_text())["rows"]
+  names = [r["arch"] for r in rows]
+  for task in tasks:
+    inputs = finetune_protocol(config, names, tokenizer, epochs, task)[4]
+    done = proxy.load_done(out / f"{name}-{task}.json", inputs)
+    if all(n in done for n in names):
+      for r in rows:
+        r[f"finetuned_{task}"] = 100 * done[r["arch"]]["proxy_score"]
+  return rows
+
+
 def report(cells: dict[str, list[dict]], resamples: int, tasks: list[str]) -> str:
   """Taus per sub-space and pooled, for the suite's measures and the fine-tuned scores of `tasks`
-  (those every student has)."""
+  (a sub-space whose students lack a task's scores shows "—" there, and the pooled row too)."""
   rows_all = [r for rows in cells.values() for r in rows]
   measures = [*MEASURES, *[(f"finetuned_{t}", f"fine-tuned {t}", True) for t in tasks
-                           if all(f"finetuned_{t}" in r for r in rows_all)]]
+                           if any(f"finetuned_{t}" in r for r in rows_all)]]
   lines = ["# Does the search pick well? (issue 15, part 3)", "",
            "Produced by `experiments/search_validation.py` (command in its docstring; this run: "
            f"`{' '.join(shlex.quote(a) for a in sys.argv)}`).", "",
@@ -115,6 +142,9 @@ def report(cells: dict[str, list[dict]], resamples: int, tasks: list[str]) -> st
     loss = np.array([r["search_loss"] for r in rows])
     parts = []
     for column, _, higher in measures:
+      if any(column not in r for r in rows):
+        parts.append("— (not run)")
+        continue
       measure = np.array([r[column] for r in rows])
       if len(np.unique(measure)) < 2:  # tau is undefined: say why instead of printing nan
         parts.append(f"— (all {measure[0]:.3g})")
@@ -128,7 +158,8 @@ def report(cells: dict[str, list[dict]], resamples: int, tasks: list[str]) -> st
   for name, rows in cells.items():
     for r in rows:
       lines.append(f"| {name} | {r['arch']} | {r['search_loss']:.5f} | "
-                   + " | ".join(f"{r[c]:.4f}" if c == "relation" else f"{r[c]:.3f}" for c, _, _ in measures)
+                   + " | ".join("—" if c not in r else f"{r[c]:.4f}" if c == "relation" else f"{r[c]:.3f}"
+                                for c, _, _ in measures)
                    + " |")
   return "\n".join(lines) + "\n"
 
@@ -151,10 +182,12 @@ def main(argv):
   if not results.is_file():
     raise app.UsageError(f"{results} does not exist: run the search stage (--mode=search) on {wd} first")
   with results.open() as f:
-    by_space: dict[str, list[dict]] = {}
+    searched: dict[str, list[dict]] = {}
     for row in csv.DictReader(f):
-      if not _SUBSPACES.value or row["subspace"] in _SUBSPACES.value:
-        by_space.setdefault(row["subspace"], []).append(row)
+      searched.setdefault(row["subspace"], []).append(row)
+  if unknown := [k for k in _SUBSPACES.value if k not in searched]:
+    raise app.UsageError(f"--subspaces: {unknown} not in {results} (searched: {sorted(searched)})")
+  by_space = {k: v for k, v in searched.items() if not _SUBSPACES.value or k in _SUBSPACES.value}
   out.mkdir(parents=True, exist_ok=True)
   teacher = hf_io.load_bert(config.teacher)
   teacher_dir = hf_io.resolve_checkpoint(config.teacher)
@@ -189,7 +222,11 @@ def main(argv):
       print(f"[search_validation] {name} {task}: {len(scores)} students in {seconds:.0f} s")
       for row in cells[name]:
         row[f"finetuned_{task}"] = scores[row["arch"]]
-    (out / "results.md").write_text(report(cells, _BOOTSTRAP.value, _FINETUNE.value))
+    # The report covers every sub-space scored so far, not only those of this run.
+    others = {k: stored_cell(config, out, k, tokenizer, epochs, _FINETUNE.value) for k in searched
+              if k not in cells and (out / f"{k}.json").is_file()}
+    merged = {k: cells.get(k) or others[k] for k in searched if k in cells or k in others}
+    (out / "results.md").write_text(report(merged, _BOOTSTRAP.value, _FINETUNE.value))
   print(f"[search_validation] {out / 'results.md'}")
 
 

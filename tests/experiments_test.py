@@ -15,17 +15,18 @@ from autodistil_jax import runner
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def toy_superlm(data_dir: pathlib.Path, tmp_path: pathlib.Path, steps: int,
-                search: bool = False) -> list[str]:
-  """Trains (and searches) the toy sub-space into tmp_path/work; returns the flags that give an
+def toy_superlm(data_dir: pathlib.Path, tmp_path: pathlib.Path, steps: int, search: bool = False,
+                config_arg: str = "") -> list[str]:
+  """Trains (and searches) the toy sub-space(s) into tmp_path/work; returns the flags that give an
   experiment script the same config, data and workdir."""
   corpus, glue = str(data_dir / "wikitext-2" / "valid.txt"), str(data_dir / "glue")
-  config = tiny_config(num_steps=steps)
+  config = tiny_config(config_arg, num_steps=steps)
   config.data.corpus, config.data.glue_dir = corpus, glue
   for stage in ("train", "search") if search else ("train",):
     runner.run(stage, config, tmp_path / "work")
   return [f"--workdir={tmp_path / 'work'}", f"--out={tmp_path / 'out'}",
-          f"--config={ROOT}/tests/configs/tiny_test.py", f"--config.data.corpus={corpus}",
+          f"--config={ROOT}/tests/configs/tiny_test.py" + (f":{config_arg}" if config_arg else ""),
+          f"--config.data.corpus={corpus}",
           f"--config.data.glue_dir={glue}", f"--config.train.num_steps={steps}"]
 
 
@@ -72,6 +73,23 @@ def test_search_validation_scores_and_fine_tunes_spread_students(data_dir, tmp_p
   assert all("[" in c or c.startswith("— (all ") for c in cells)  # a tau, or every student tied
   run_experiment("search_validation.py", flags, 1200)
   assert {t: json.loads((out / f"mini-{t}.json").read_text()) for t in stored} == stored
+
+
+@pytest.mark.slow
+def test_search_validation_reports_every_scored_subspace_not_only_this_runs(data_dir, tmp_path):
+  """A run restricted to one sub-space (--subspaces) keeps the other sub-spaces' stored rows in
+  results.md, and says "not run" where they lack a task's fine-tuned scores."""
+  flags = [*toy_superlm(data_dir, tmp_path, steps=2, search=True, config_arg="two"), "--students=3",
+           "--bootstrap=20"]
+  run_experiment("search_validation.py", flags, 1200)  # the suite on both sub-spaces
+  run_experiment("search_validation.py", [*flags, "--subspaces=mini", "--finetune_tasks=stsb"], 1200)
+  rows = {line.split(" | ")[0]: line for line in (tmp_path / "out" / "results.md").read_text().splitlines()
+          if line.startswith(("| mini | 3 |", "| mini2 | 3 |", "| all (pooled) | 6 |"))}
+  assert set(rows) == {"| mini", "| mini2", "| all (pooled)"}  # the taus of both sub-spaces and pooled
+  assert "not run" not in rows["| mini"] and rows["| mini"].count(" | ") == 7  # 5 measures and stsb
+  assert rows["| mini2"].endswith("— (not run) |") and rows["| all (pooled)"].endswith("— (not run) |")
+  out = tmp_path / "out"
+  assert (out / "mini-stsb.json").is_file() and not (out / "mini2-stsb.json").exists()
 
 
 @pytest.mark.slow

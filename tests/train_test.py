@@ -18,11 +18,11 @@ from autodistil_jax.workdir import Workdir
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny_config(**train_overrides):
+def tiny_config(config_arg: str = "", **train_overrides):
   spec = importlib.util.spec_from_file_location("tiny_test", ROOT / "tests" / "configs" / "tiny_test.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config(config_arg)
   config.train.update(train_overrides)
   return config
 

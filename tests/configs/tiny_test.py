@@ -2,6 +2,8 @@
 
   python launch/main.py --config=tests/configs/tiny_test.py --workdir=/tmp/t --mode=train \
       --config.data.corpus=../shared/data/wikitext-2/valid.txt
+
+`tests/configs/tiny_test.py:two` adds a second sub-space, "mini2", for what spans sub-spaces.
 """
 
 import ml_collections
@@ -9,11 +11,15 @@ import ml_collections
 from autodistil_jax.defaults import base_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  if arg not in ("", "two"):
+    raise ValueError(f"tests/configs/tiny_test.py: unknown argument {arg!r}; use none or 'two'")
   c = base_config()
   c.teacher = "all-MiniLM-L6-v2"
-  c.subspaces = ml_collections.ConfigDict(
-      {"mini": {"layers": (1, 2), "hidden": (32, 48), "mlp_ratio": (1.0, 2.0), "heads": (2, 3)}})
+  spaces = {"mini": {"layers": (1, 2), "hidden": (32, 48), "mlp_ratio": (1.0, 2.0), "heads": (2, 3)}}
+  if arg == "two":
+    spaces["mini2"] = {"layers": (1,), "hidden": (32, 40), "mlp_ratio": (1.0, 2.0), "heads": (2,)}
+  c.subspaces = ml_collections.ConfigDict(spaces)
   c.data.seq_len = 32
   c.data.heldout = 16
   c.train.batch_size = 8
