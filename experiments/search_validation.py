@@ -21,6 +21,7 @@ time, each call's scores kept in <sub-space>-<task>.json so that a stopped run r
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import pathlib
 import shlex
@@ -74,40 +75,46 @@ def tau_with_interval(loss: np.ndarray, measure: np.ndarray, higher_better: bool
   return float(tau(np.arange(len(loss)))), float(low), float(high)
 
 
-def finetune_protocol(config, names: list[str], tokenizer, epochs: int, task_name: str, per_call: int = 0):
-  """(settings, train, dev, head bias, inputs): the config's GLUE protocol for the students named,
-  and what their stored scores must have been made with to be reused."""
-  import dataclasses
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """One task's fine-tuning under the config's GLUE protocol, read and tokenized once per run."""
+  settings: object  # proxy.ProxySettings
+  train: dict
+  dev: dict
+  head_bias: float | None
+  max_train_examples: int
 
-  from autodistil_jax import proxy
+  @classmethod
+  def from_config(cls, config, tokenizer, epochs: int, task_name: str, per_call: int = 0) -> Protocol:
+    from autodistil_jax import proxy
 
-  settings, train, dev, bias = proxy.glue_protocol(config, task_name, epochs, tokenizer)
-  settings = dataclasses.replace(settings, students_per_call=per_call)
-  inputs = {**settings.inputs(), "max_train_examples": config.glue.max_train_examples,
-            "head_bias": bias, "archs": list(names)}
-  return settings, train, dev, bias, inputs
+    settings, train, dev, bias = proxy.glue_protocol(config, task_name, epochs, tokenizer)
+    return cls(dataclasses.replace(settings, students_per_call=per_call), train, dev, bias,
+               config.glue.max_train_examples)
+
+  def inputs(self, names: list[str]) -> dict:
+    """What the named students' stored scores must have been made with to be reused."""
+    return {**self.settings.inputs(), "max_train_examples": self.max_train_examples,
+            "head_bias": self.head_bias, "archs": list(names)}
 
 
-def finetuned_scores(config, superlm, archs, tokenizer, mesh, path: pathlib.Path, epochs: int,
-                     task_name: str, per_call: int = 0) -> dict[str, float]:
-  """arch name -> dev score after `epochs` epochs of fine-tuning on `task_name` from the SuperLM,
-  on the protocol's seeded training subset (config.glue.max_train_examples; 0: all); kept in `path`
-  after every call of `per_call` students (0: as many as fit; a re-run with the same settings
-  resumes)."""
+def finetuned_scores(protocol: Protocol, superlm, archs, mesh, path: pathlib.Path) -> dict[str, float]:
+  """arch name -> dev score after the protocol's fine-tuning from the SuperLM, on its seeded
+  training subset; kept in `path` after every call of settings.students_per_call students (0: as
+  many as fit; a re-run with the same settings resumes)."""
   from autodistil_jax import proxy, workdir
 
-  settings, train, dev, bias, inputs = finetune_protocol(config, [a.name for a in archs], tokenizer, epochs,
-                                                         task_name, per_call)
+  inputs = protocol.inputs([a.name for a in archs])
   done = proxy.load_done(path, inputs)
   save = lambda scores: workdir.write_text_atomic(
       path, json.dumps({"inputs": inputs, "scores": scores}, indent=1) + "\n")
-  chunk = proxy.students_per_call(settings, superlm.config, len(archs), mesh)
-  scores = proxy.score_students(superlm, archs, train, dev, settings, mesh, chunk, done, save,
-                                head_bias=bias)
+  chunk = proxy.students_per_call(protocol.settings, superlm.config, len(archs), mesh)
+  scores = proxy.score_students(superlm, archs, protocol.train, protocol.dev, protocol.settings, mesh, chunk,
+                                done, save, head_bias=protocol.head_bias)
   return {name: 100 * s["proxy_score"] for name, s in scores.items()}
 
 
-def stored_cell(config, out: pathlib.Path, name: str, tokenizer, epochs: int, tasks: list[str]) -> list[dict]:
+def stored_cell(out: pathlib.Path, name: str, protocols: dict[str, Protocol]) -> list[dict]:
   """A sub-space this run does not score, as stored under `out`: its suite rows, with each task's
   fine-tuned scores where every student has one made under the current protocol (else no column:
   the report says "not run" rather than mixing protocols)."""
@@ -115,9 +122,8 @@ def stored_cell(config, out: pathlib.Path, name: str, tokenizer, epochs: int, ta
 
   rows = json.loads((out / f"{name}.json").read_text())["rows"]
   names = [r["arch"] for r in rows]
-  for task in tasks:
-    inputs = finetune_protocol(config, names, tokenizer, epochs, task)[4]
-    done = proxy.load_done(out / f"{name}-{task}.json", inputs)
+  for task, protocol in protocols.items():
+    done = proxy.load_done(out / f"{name}-{task}.json", protocol.inputs(names))
     if all(n in done for n in names):
       for r in rows:
         r[f"finetuned_{task}"] = 100 * done[r["arch"]]["proxy_score"]
@@ -198,7 +204,11 @@ def main(argv):
   mesh = parallel.make_mesh()
   tokenizer = data.load_tokenizer(teacher_dir)
   epochs = _EPOCHS.value or config.glue.epochs
-  cells = {}
+  protocols = {t: Protocol.from_config(config, tokenizer, epochs, t, _PER_CALL.value)
+               for t in _FINETUNE.value}
+  # The report covers every sub-space scored so far, not only those of this run: what is stored,
+  # each replaced by this run's rows once its sub-space is done.
+  cells = {k: stored_cell(out, k, protocols) for k in searched if (out / f"{k}.json").is_file()}
   for name, rows in by_space.items():
     chosen = spread(rows, _STUDENTS.value)
     archs = [Arch(int(r["layers"]), int(r["hidden"]), float(r["mlp_ratio"]), int(r["heads"])) for r in chosen]
@@ -213,20 +223,16 @@ def main(argv):
       path.write_text(json.dumps({"rows": cell, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
       print(f"[search_validation] {name}: {len(cell)} students in {time.perf_counter() - start:.0f} s")
     cells[name] = json.loads(path.read_text())["rows"]
-    for task in _FINETUNE.value:
+    for task, protocol in protocols.items():
       superlm = superlm or load_superlm(config, wd, name, teacher, mesh)[0]
       start = time.perf_counter()
-      scores = finetuned_scores(config, superlm, archs, tokenizer, mesh, out / f"{name}-{task}.json", epochs,
-                                task, _PER_CALL.value)
+      scores = finetuned_scores(protocol, superlm, archs, mesh, out / f"{name}-{task}.json")
       seconds = time.perf_counter() - start
       print(f"[search_validation] {name} {task}: {len(scores)} students in {seconds:.0f} s")
       for row in cells[name]:
         row[f"finetuned_{task}"] = scores[row["arch"]]
-    # The report covers every sub-space scored so far, not only those of this run.
-    others = {k: stored_cell(config, out, k, tokenizer, epochs, _FINETUNE.value) for k in searched
-              if k not in cells and (out / f"{k}.json").is_file()}
-    merged = {k: cells.get(k) or others[k] for k in searched if k in cells or k in others}
-    (out / "results.md").write_text(report(merged, _BOOTSTRAP.value, _FINETUNE.value))
+    in_order = {k: cells[k] for k in searched if k in cells}
+    (out / "results.md").write_text(report(in_order, _BOOTSTRAP.value, _FINETUNE.value))
   print(f"[search_validation] {out / 'results.md'}")
 
 
