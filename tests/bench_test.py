@@ -35,6 +35,9 @@ def test_proxy_search_bench_gets_the_same_scores_both_ways(data_dir, tmp_path):
              "--seq_len=32", "--students=4", "--alone=2", "--steps=2", "--dev_examples=32")
   assert r["students"] == 4 and r["alone_students_timed"] == 2 and set(r["programs"]) == {"vmap", "map"}
   assert all(p["max_score_diff"] <= 1e-6 for p in r["programs"].values())
+  # the compile clock hears every side's compilations (each alone student compiles its own step)
+  assert 0 < r["alone_compile_s"] < r["alone_s"] and r["speedup_bound"] > 1
+  assert all(0 < p["compile_s"] < p["seconds"] for p in r["programs"].values())
 
 
 @pytest.mark.slow
