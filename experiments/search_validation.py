@@ -130,6 +130,32 @@ def stored_cell(out: pathlib.Path, name: str, protocols: dict[str, Protocol]) ->
   return rows
 
 
+def stale_outputs(out: pathlib.Path, chosen: dict[str, list[dict]],
+                  protocols: dict[str, Protocol]) -> list[str]:
+  """Stored files under `out` that a run over `chosen` (sub-space -> its spread rows of the
+  search) would reuse or overwrite although they were made from another search (other students or
+  losses) or under another fine-tuning protocol."""
+  stale = []
+  for name, rows in chosen.items():
+    cell = out / f"{name}.json"
+    expected = [(arch_of(r).name, float(r["loss"])) for r in rows]
+    stored = json.loads(cell.read_text())["rows"] if cell.is_file() else None
+    if stored is not None and [(r["arch"], r["search_loss"]) for r in stored] != expected:
+      stale.append(f"{cell} (other students or search losses)")
+    for task, protocol in protocols.items():
+      path = out / f"{name}-{task}.json"
+      names = [arch for arch, _ in expected]
+      if path.is_file() and json.loads(path.read_text())["inputs"] != protocol.inputs(names):
+        stale.append(f"{path} (other students or fine-tuning settings)")
+  return stale
+
+
+def arch_of(row: dict):
+  from autodistil_jax.search_space import Arch
+
+  return Arch(int(row["layers"]), int(row["hidden"]), float(row["mlp_ratio"]), int(row["heads"]))
+
+
 def report(cells: dict[str, list[dict]], resamples: int, tasks: list[str]) -> str:
   """Taus per sub-space and pooled, for the suite's measures and the fine-tuned scores of `tasks`
   (a sub-space whose students lack a task's scores shows "—" there, and the pooled row too)."""
@@ -176,7 +202,6 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from autodistil_jax import data, evaluate, glue, hf_io, parallel, pipeline
-  from autodistil_jax.search_space import Arch
   from autodistil_jax.train import load_superlm
   from autodistil_jax.workdir import Workdir
 
@@ -194,24 +219,28 @@ def main(argv):
   if unknown := [k for k in _SUBSPACES.value if k not in searched]:
     raise app.UsageError(f"--subspaces: {unknown} not in {results} (searched: {sorted(searched)})")
   by_space = {k: v for k, v in searched.items() if not _SUBSPACES.value or k in _SUBSPACES.value}
+  teacher_dir = hf_io.resolve_checkpoint(config.teacher)
+  tokenizer = data.load_tokenizer(teacher_dir)
+  epochs = _EPOCHS.value or config.glue.epochs
+  protocols = {t: Protocol.from_config(config, tokenizer, epochs, t, _PER_CALL.value)
+               for t in _FINETUNE.value}
+  chosen = {name: spread(rows, _STUDENTS.value) for name, rows in by_space.items()}
+  if stale := stale_outputs(out, chosen, protocols):
+    raise app.UsageError(f"--out={out} holds results of another search or protocol, which this run would "
+                         f"mix with or overwrite: {'; '.join(stale)}. Move them away or choose another "
+                         "--out.")
   out.mkdir(parents=True, exist_ok=True)
   teacher = hf_io.load_bert(config.teacher)
-  teacher_dir = hf_io.resolve_checkpoint(config.teacher)
   settings, texts = evaluate.read_inputs(config)
   tokens, _, held = pipeline.load_split_corpus(config, wd)
   heldout = data.heldout_batches(tokens, held, config.search.batch_size, teacher.config.pad_token_id)
   suite = evaluate.build_suite(settings, texts, data.load_tokenizer(teacher_dir), teacher, heldout)
   mesh = parallel.make_mesh()
-  tokenizer = data.load_tokenizer(teacher_dir)
-  epochs = _EPOCHS.value or config.glue.epochs
-  protocols = {t: Protocol.from_config(config, tokenizer, epochs, t, _PER_CALL.value)
-               for t in _FINETUNE.value}
   # The report covers every sub-space scored so far, not only those of this run: what is stored,
   # each replaced by this run's rows once its sub-space is done.
   cells = {k: stored_cell(out, k, protocols) for k in searched if (out / f"{k}.json").is_file()}
-  for name, rows in by_space.items():
-    chosen = spread(rows, _STUDENTS.value)
-    archs = [Arch(int(r["layers"]), int(r["hidden"]), float(r["mlp_ratio"]), int(r["heads"])) for r in chosen]
+  for name, rows in chosen.items():
+    archs = [arch_of(r) for r in rows]
     superlm = None
     path = out / f"{name}.json"
     if not path.is_file():
@@ -219,7 +248,7 @@ def main(argv):
       start = time.perf_counter()
       scored = evaluate.run_suite([evaluate.Subject(name, "searched", superlm, archs)], suite)
       cell = [{**s, "search_loss": float(r["loss"]), "superlm_step": step}
-              for s, r in zip(scored, chosen, strict=True)]
+              for s, r in zip(scored, rows, strict=True)]
       path.write_text(json.dumps({"rows": cell, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
       print(f"[search_validation] {name}: {len(cell)} students in {time.perf_counter() - start:.0f} s")
     cells[name] = json.loads(path.read_text())["rows"]

@@ -30,10 +30,12 @@ def toy_superlm(data_dir: pathlib.Path, tmp_path: pathlib.Path, steps: int, sear
           f"--config.data.glue_dir={glue}", f"--config.train.num_steps={steps}"]
 
 
-def run_experiment(script: str, flags: list[str], timeout: int) -> None:
+def run_experiment(script: str, flags: list[str], timeout: int,
+                   ok: bool = True) -> subprocess.CompletedProcess:
   done = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *flags], capture_output=True,
                         text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-  assert done.returncode == 0, done.stderr[-3000:]
+  assert (done.returncode == 0) == ok, done.stderr[-3000:]
+  return done
 
 
 @pytest.mark.slow
@@ -78,7 +80,8 @@ def test_search_validation_scores_and_fine_tunes_spread_students(data_dir, tmp_p
 @pytest.mark.slow
 def test_search_validation_reports_every_scored_subspace_not_only_this_runs(data_dir, tmp_path):
   """A run restricted to one sub-space (--subspaces) keeps the other sub-spaces' stored rows in
-  results.md, and says "not run" where they lack a task's fine-tuned scores."""
+  results.md, and says "not run" where they lack a task's fine-tuned scores; a run whose students
+  or protocol differ from what --out holds is refused before it writes."""
   flags = [*toy_superlm(data_dir, tmp_path, steps=2, search=True, config_arg="two"), "--students=3",
            "--bootstrap=20"]
   run_experiment("search_validation.py", flags, 1200)  # the suite on both sub-spaces
@@ -90,6 +93,14 @@ def test_search_validation_reports_every_scored_subspace_not_only_this_runs(data
   assert rows["| mini2"].endswith("— (not run) |") and rows["| all (pooled)"].endswith("— (not run) |")
   out = tmp_path / "out"
   assert (out / "mini-stsb.json").is_file() and not (out / "mini2-stsb.json").exists()
+  # Results of another search (other students) or another protocol are refused, nothing touched.
+  before = {f.name: f.read_bytes() for f in out.iterdir()}
+  for changed, stale in (("--students=2", "mini.json (other students"),
+                         ("--finetune_epochs=2", "mini-stsb.json (other students or fine-tuning")):
+    done = run_experiment("search_validation.py",
+                          [*flags, "--subspaces=mini", "--finetune_tasks=stsb", changed], 600, ok=False)
+    assert "holds results of another search or protocol" in done.stderr and stale in done.stderr
+  assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
 @pytest.mark.slow
