@@ -15,7 +15,8 @@ Part 3b adds fine-tuned scores of the same students (`--finetune_tasks=stsb,mrpc
 GLUE protocol (its learning rate, batch, epochs, dropouts, regression_bias and seeded
 max_train_examples subset; one seed, the dev score after the last epoch), every student of a
 sub-space from its SuperLM's weights in the proxy search's one program, `--students_per_call` at a
-time, each call's scores kept in <sub-space>-<task>.json so that a stopped run resumes.
+time, each call's scores kept in <sub-space>-<task>.json so that a stopped run resumes. A run
+whose students, search losses or protocol differ from what --out holds stops before any work.
 """
 
 from __future__ import annotations
