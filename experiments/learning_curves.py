@@ -46,6 +46,10 @@ VARIANTS = {
     "lr4e-5_glue": {"learning_rate": 4e-5, "glue_sentences": True},
     # as lr4e-5_glue with MiniLMv2's KL of the relation distributions instead of the paper's MSE
     "lr4e-5_glue_kl": {"learning_rate": 4e-5, "glue_sentences": True, "loss": "kl"},
+    # lr4e-5_glue again under other seeds (config.seed: data order, sampled students, held-out
+    # split, dropout), to tell its gains over the sliced twins from one run's luck
+    "lr4e-5_glue_seed1": {"learning_rate": 4e-5, "glue_sentences": True, "seed": 1},
+    "lr4e-5_glue_seed2": {"learning_rate": 4e-5, "glue_sentences": True, "seed": 2},
 }
 GLUE_SENTENCES = ("sst2", "mrpc", "rte", "cola", "stsb")
 
@@ -65,6 +69,7 @@ def variant_config(name: str, data_dir: pathlib.Path, steps: int) -> ml_collecti
     target = pathlib.Path(_WORKDIR.value) / f"{name}.glue_sentences.txt"  # beside its workdir
     config.data.corpus = str(glue.write_training_sentences(data_dir / "glue", list(GLUE_SENTENCES), target))
     config.data.pack = False
+  config.seed = overrides.pop("seed", config.seed)
   config.train.update(overrides)
   return config
 
