@@ -329,13 +329,16 @@ def score_students(superlm: BertEncoder, archs: Sequence[Arch], train: dict, dev
   return scores
 
 
+def made_with(path, inputs: dict) -> bool:
+  """Whether the scores kept at `path` were made with `inputs` (no file: they were not)."""
+  return path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("inputs") == inputs
+
+
 def load_done(path, inputs: dict) -> dict[str, dict]:
   """The scores kept at `path` when they were made with `inputs` and are finite; else none."""
-  if not path.is_file():
+  if not made_with(path, inputs):
     return {}
   stored = json.loads(path.read_text(encoding="utf-8"))
-  if stored.get("inputs") != inputs:
-    return {}
   return {name: s for name, s in stored["scores"].items() if np.isfinite(s["proxy_score"])}
 
 

@@ -136,25 +136,21 @@ def stale_outputs(out: pathlib.Path, chosen: dict[str, list[dict]],
   """Stored files under `out` that a run over `chosen` (sub-space -> its spread rows of the
   search) would reuse or overwrite although they were made from another search (other students or
   losses) or under another fine-tuning protocol."""
+  from autodistil_jax import proxy
+  from autodistil_jax.search_space import Arch
+
   stale = []
   for name, rows in chosen.items():
     cell = out / f"{name}.json"
-    expected = [(arch_of(r).name, float(r["loss"])) for r in rows]
+    expected = [(Arch.from_row(r).name, float(r["loss"])) for r in rows]
     stored = json.loads(cell.read_text())["rows"] if cell.is_file() else None
     if stored is not None and [(r["arch"], r["search_loss"]) for r in stored] != expected:
       stale.append(f"{cell} (other students or search losses)")
     for task, protocol in protocols.items():
       path = out / f"{name}-{task}.json"
-      names = [arch for arch, _ in expected]
-      if path.is_file() and json.loads(path.read_text())["inputs"] != protocol.inputs(names):
+      if path.is_file() and not proxy.made_with(path, protocol.inputs([arch for arch, _ in expected])):
         stale.append(f"{path} (other students or fine-tuning settings)")
   return stale
-
-
-def arch_of(row: dict):
-  from autodistil_jax.search_space import Arch
-
-  return Arch(int(row["layers"]), int(row["hidden"]), float(row["mlp_ratio"]), int(row["heads"]))
 
 
 def report(cells: dict[str, list[dict]], resamples: int, tasks: list[str]) -> str:
@@ -203,6 +199,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from autodistil_jax import data, evaluate, glue, hf_io, parallel, pipeline
+  from autodistil_jax.search_space import Arch
   from autodistil_jax.train import load_superlm
   from autodistil_jax.workdir import Workdir
 
@@ -241,7 +238,7 @@ def main(argv):
   # each replaced by this run's rows once its sub-space is done.
   cells = {k: stored_cell(out, k, protocols) for k in searched if (out / f"{k}.json").is_file()}
   for name, rows in chosen.items():
-    archs = [arch_of(r) for r in rows]
+    archs = [Arch.from_row(r) for r in rows]
     superlm = None
     path = out / f"{name}.json"
     if not path.is_file():
