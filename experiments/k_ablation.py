@@ -3,15 +3,17 @@ covers all three, with the same total number of SuperLM steps, compared on the s
 selects under the same budgets.
 
   python experiments/k_ablation.py --workdir=runs/k_ablation --data_dir=../shared/data \
-      --out=docs/k_ablation
+      --out=docs/k_ablation [--arms=k3,k1,k3_long]
 
-Two pipeline runs on the headline's config (configs/headline.py; `:gpu` for a GPU), one per arm,
+One pipeline run per arm on the headline's config (configs/headline.py; `:gpu` for a GPU),
 each in its own workdir under --workdir and resumable stage by stage: `k3` trains the config's
 sub-spaces for train.num_steps each; `k1` trains one sub-space whose every factor takes the values
-of all of them (the Cartesian product, as the paper's single space) for K x train.num_steps. Each
-arm searches its space, exports the students selected per budget and runs the evaluation suite on
-them with their sliced and random twins (`--glue`: GLUE too). <out>/results.md puts the two arms'
-picks side by side per budget.
+of all of them (the Cartesian product, as the paper's single space) for K x train.num_steps;
+`k3_long` (with --arms) trains the K sub-spaces for K x train.num_steps each, as long as k1's one
+SuperLM, to tell what k1 gains by its reach (architectures no sub-space holds) from what it gains by
+training each SuperLM longer. Each arm searches its space, exports the students selected per budget
+and runs the evaluation suite on them with their sliced and random twins (`--glue`: GLUE too).
+<out>/results.md puts the arms' picks side by side per budget.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for both arms' runs."
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/, wikitext-2/ and tinyshakespeare/.")
 _OUT = flags.DEFINE_string("out", None, "Where results.md goes (default: the workdir).")
 _GLUE = flags.DEFINE_bool("glue", False, "Also fine-tune the selected students on config.glue.tasks.")
+_ARMS = flags.DEFINE_list("arms", ["k3", "k1"], "Arms to run and report, of kK, k1 and kK_long (K: the "
+                          "config's number of sub-spaces).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite results.md from what has run.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
 
@@ -48,12 +52,27 @@ def one_space(subspaces: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 def arm_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
-  """{"k3": the config as given, "k1": one space, K times the steps}: the same SuperLM steps in all."""
-  one = ml_collections.ConfigDict(config.to_dict())
-  one.subspaces = ml_collections.ConfigDict({"all": one_space(config.subspaces)})
-  one.train.num_steps = config.train.num_steps * len(config.subspaces)
-  one.glue.include_teacher = False  # fine-tuned once, in the k3 arm
-  return {f"k{len(config.subspaces)}": config, "k1": one}
+  """{"kK": the config as given, "k1": one space for K times the steps (the same SuperLM steps in
+  all), "kK_long": the K sub-spaces for K times the steps each (each SuperLM as long as k1's)}."""
+  k = len(config.subspaces)
+
+  def variant(subspaces: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    arm = ml_collections.ConfigDict(config.to_dict())
+    arm.subspaces = subspaces
+    arm.train.num_steps = config.train.num_steps * k
+    arm.glue.include_teacher = False  # fine-tuned once, in the kK arm
+    return arm
+
+  return {f"k{k}": config, "k1": variant(ml_collections.ConfigDict({"all": one_space(config.subspaces)})),
+          f"k{k}_long": variant(config.subspaces)}
+
+
+def chosen_arms(config: ml_collections.ConfigDict, names: list[str]) -> dict[str, ml_collections.ConfigDict]:
+  """The arms of `names`, in that order; an unknown name is refused before any work."""
+  arms = arm_configs(config)
+  if bad := [n for n in names if n not in arms]:
+    raise SystemExit(f"error: --arms: unknown {bad}; this config's arms are {list(arms)}")
+  return {n: arms[n] for n in names}
 
 
 def read_arm(root: pathlib.Path) -> tuple[dict, dict[str, dict]]:
@@ -130,15 +149,15 @@ def main(argv):
   root = pathlib.Path(_WORKDIR.value)
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
   out = pathlib.Path(_OUT.value or root)
+  arms = chosen_arms(_CONFIG.value, _ARMS.value)
   timer = Timer(root / "timing.json", "k_ablation")
   if not _REPORT_ONLY.value:
     root.mkdir(parents=True, exist_ok=True)
     config = with_transfer_set(_CONFIG.value, data_dir, root / "glue_train.txt")
-    for arm, arm_config in arm_configs(config).items():
+    for arm, arm_config in chosen_arms(config, _ARMS.value).items():
       # Each stage is reused while its record matches (an arm whose config changed is refused).
       timer.run(arm, runner.run, "all", arm_config, root / arm, (), "finetune" if _GLUE.value else "evaluate")
-  config = _CONFIG.value
-  path = write_report(config, arm_configs(config), root, out, timer.times)
+  path = write_report(_CONFIG.value, arms, root, out, timer.times)
   print(f"[k_ablation] report: {path}")
 
 

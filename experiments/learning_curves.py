@@ -103,7 +103,7 @@ def main(argv):
   out.mkdir(parents=True, exist_ok=True)
   steps = sorted(int(s) for s in _STEPS.value)
   if bad := [v for v in _VARIANTS.value if v not in VARIANTS]:
-    raise app.UsageError(f"unknown variants {bad}: choose from {list(VARIANTS)}")
+    raise SystemExit(f"error: unknown variants {bad}: choose from {list(VARIANTS)}")
   base = variant_config("paper", data_dir, steps[-1])
   teacher = hf_io.load_bert(base.teacher)
   teacher_dir = hf_io.resolve_checkpoint(base.teacher)

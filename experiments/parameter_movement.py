@@ -100,7 +100,7 @@ def main(argv):
 
   config, wd, name = _CONFIG.value, Workdir.at(_WORKDIR.value), _SUBSPACE.value
   if name not in config.subspaces:
-    raise app.UsageError(f"--subspace={name} is not in the config's sub-spaces {list(config.subspaces)}")
+    raise SystemExit(f"error: --subspace={name} is not in the config's sub-spaces {list(config.subspaces)}")
   teacher = hf_io.load_bert(config.teacher)
   space = SubSpace.from_config(name, config.subspaces[name])
   mesh = parallel.make_mesh()

@@ -49,7 +49,7 @@ def main(argv):
   config = _CONFIG.value
   task = glue.get_task(_TASK.value)
   if not task.is_regression:
-    raise app.UsageError(f"--task={task.name} is not a regression task; the head's bias matters there")
+    raise SystemExit(f"error: --task={task.name} is not a regression task; the head's bias matters there")
   archs = [Arch.parse(text, "--arch") for text in _ARCHS.value]
   teacher = hf_io.load_bert(config.teacher)
   mesh = parallel.make_mesh()

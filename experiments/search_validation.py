@@ -204,18 +204,18 @@ def main(argv):
   from autodistil_jax.workdir import Workdir
 
   if bad := [t for t in _FINETUNE.value if t not in glue.TASKS]:
-    raise app.UsageError(f"--finetune_tasks: unknown GLUE tasks {bad}; choose from {sorted(glue.TASKS)}")
+    raise SystemExit(f"error: --finetune_tasks: unknown GLUE tasks {bad}; choose from {sorted(glue.TASKS)}")
   config, out = _CONFIG.value, pathlib.Path(_OUT.value)
   wd = Workdir.at(_WORKDIR.value)
   results = pathlib.Path(wd.search_file("results"))
   if not results.is_file():
-    raise app.UsageError(f"{results} does not exist: run the search stage (--mode=search) on {wd} first")
+    raise SystemExit(f"error: {results} does not exist: run the search stage (--mode=search) on {wd} first")
   with results.open() as f:
     searched: dict[str, list[dict]] = {}
     for row in csv.DictReader(f):
       searched.setdefault(row["subspace"], []).append(row)
   if unknown := [k for k in _SUBSPACES.value if k not in searched]:
-    raise app.UsageError(f"--subspaces: {unknown} not in {results} (searched: {sorted(searched)})")
+    raise SystemExit(f"error: --subspaces: {unknown} not in {results} (searched: {sorted(searched)})")
   by_space = {k: v for k, v in searched.items() if not _SUBSPACES.value or k in _SUBSPACES.value}
   teacher_dir = hf_io.resolve_checkpoint(config.teacher)
   tokenizer = data.load_tokenizer(teacher_dir)
@@ -224,9 +224,8 @@ def main(argv):
                for t in _FINETUNE.value}
   chosen = {name: spread(rows, _STUDENTS.value) for name, rows in by_space.items()}
   if stale := stale_outputs(out, chosen, protocols):
-    raise app.UsageError(f"--out={out} holds results of another search or protocol, which this run would "
-                         f"mix with or overwrite: {'; '.join(stale)}. Move them away or choose another "
-                         "--out.")
+    raise SystemExit(f"error: --out={out} holds results of another search or protocol, which this run would "
+                     f"mix with or overwrite: {'; '.join(stale)}. Move them away or choose another --out.")
   out.mkdir(parents=True, exist_ok=True)
   teacher = hf_io.load_bert(config.teacher)
   settings, texts = evaluate.read_inputs(config)

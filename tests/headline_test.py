@@ -90,22 +90,33 @@ def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, t
 
 
 @pytest.mark.slow
-def test_k_ablation_trains_searches_and_scores_both_arms(data_dir, tmp_path):
+def test_k_ablation_trains_searches_and_scores_every_arm(data_dir, tmp_path):
   """experiments/k_ablation.py at toy sizes: K=3 sub-spaces of 2 steps each against one space of
-  all their values (1,800 students) trained for 6 steps; the suite on each arm's picks."""
+  all their values (1,800 students) trained for 6 steps and against the 3 sub-spaces trained for 6
+  steps each; the suite on each arm's picks."""
   command = [sys.executable, str(ROOT / "experiments" / "k_ablation.py"),
              f"--config={ROOT}/configs/headline.py:cpu,runlocal", f"--workdir={tmp_path / 'run'}",
-             f"--data_dir={data_dir}", f"--out={tmp_path / 'docs'}"]
+             f"--data_dir={data_dir}", f"--out={tmp_path / 'docs'}", "--arms=k3,k1,k3_long"]
   one_device = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=one_device)
   assert done.returncode == 0, done.stderr[-3000:]
   report = (tmp_path / "docs" / "results.md").read_text()
   assert "`k3`: 3 SuperLM(s) of 2 steps each, 448 students" in report
   assert "`k1`: 1 SuperLM(s) of 6 steps each, 1800 students" in report
+  assert "`k3_long`: 3 SuperLM(s) of 6 steps each, 448 students" in report
   rows = [line for line in report.splitlines() if line.startswith("| flops<=")]
-  assert [r.split(" | ")[1] for r in rows] == ["k3", "k1", "k3", "k1"]
+  assert [r.split(" | ")[1] for r in rows] == ["k3", "k1", "k3_long"] * 2
   assert not [r for r in rows if "—" in r or "not searched" in r]  # every pick scored, and its twin
   assert all(r.split(" | ")[3] == "all" for r in rows if r.split(" | ")[1] == "k1")
   again = subprocess.run(command + ["--report_only"], capture_output=True, text=True, timeout=600,
                          env=one_device)
   assert again.returncode == 0 and (tmp_path / "docs" / "results.md").read_text() == report
+
+
+def test_k_ablation_refuses_an_unknown_arm_before_any_work(data_dir, tmp_path):
+  command = [sys.executable, str(ROOT / "experiments" / "k_ablation.py"),
+             f"--config={ROOT}/configs/headline.py:cpu,runlocal", f"--workdir={tmp_path / 'run'}",
+             f"--data_dir={data_dir}", "--arms=k3,k2"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0 and "--arms: unknown ['k2']" in done.stderr
+  assert "['k3', 'k1', 'k3_long']" in done.stderr and not (tmp_path / "run").exists()
