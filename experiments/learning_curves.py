@@ -9,7 +9,9 @@ is trained on WikiText-2 (resumable, its own workdir under --workdir) to the las
 at each of --steps the evaluation suite scores fixed students inside it: the largest, the
 smallest, the one nearest half the teacher's FLOPs and --random_students drawn at random. Their
 sliced twins are scored once (step 0). One JSON per (variant, step) under --out, each written
-when it is done; a re-run skips them; results.md is rewritten after each.
+when it is done; a re-run skips them; results.md is rewritten after each, from every cell under
+--out: a variant run again under other seeds (`<variant>_seedN`) gets, at each step two or more of
+its seeds reached, each student's mean, spread and the count of seeds above its sliced twin.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def main(argv):
     start = time.perf_counter()
     rows = evaluate.run_suite(subjects, suite)
     path.write_text(json.dumps({"rows": rows, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
-    (out / "results.md").write_text(report(out, students, steps))
+    (out / "results.md").write_text(report(out, students))
     plot(out, students)
     print(f"[curves] {path.name}: " + ", ".join(f"{r['model']} STS-B {r['sts_spearman']:.1f}" for r in rows))
 
@@ -145,7 +147,7 @@ def main(argv):
       superlm = load_superlm(config, wd, "base", teacher, mesh)[0]
       scored(path, [evaluate.Subject(variant, "searched", superlm, list(students.values()),
                                      [f"{variant} {k}" for k in students])])
-  (out / "results.md").write_text(report(out, students, steps))
+  (out / "results.md").write_text(report(out, students))
   plot(out, students)
   print(f"[curves] {out / 'results.md'}, {out / 'curves.png'}")
 
@@ -187,24 +189,64 @@ def plot(out: pathlib.Path, students: dict) -> None:
   plt.close(fig)
 
 
-def report(out: pathlib.Path, students: dict, steps: list[int]) -> str:
-  """Per student and measure: sliced, then each variant at each step (cells run so far)."""
+def report(out: pathlib.Path, students: dict) -> str:
+  """Per student and measure: sliced, then each variant at each step it has been scored at (by this
+  run or an earlier one, whatever its --steps); then the variants run under several seeds."""
   cells = {p.stem: json.loads(p.read_text())["rows"] for p in sorted(out.glob("*.json"))}
-  names = MEASURES
-  columns = [("sliced", 0)] + [(v, s) for v in VARIANTS for s in steps if f"{v}-{s}" in cells]
+  columns = [("sliced", 0)] + [(v, s) for v in VARIANTS for s in scored_steps(cells, v)]
   lines = ["# Learning curves: students of the demo Base SuperLM against their sliced initialisation",
            "", "Command (resumes; cells run so far):", "", "```",
            shlex.join(["python", "experiments/learning_curves.py", *sys.argv[1:]]), "```", ""]
-  for key, label in names.items():
+  for key, label in MEASURES.items():
     lines += [f"## {label}", "", "| student | arch | " + " | ".join(
         "sliced" if v == "sliced" else f"{v} @{s}" for v, s in columns) + " |",
               "|---" * (len(columns) + 2) + "|"]
     for i, (kind, arch) in enumerate(students.items()):
       values = [cells[f"{v}-{s}"][i].get(key, float("nan")) for v, s in columns]
-      fmt = "{:.5f}" if key == "relation" else "{:.3f}" if key == "cka" else "{:.1f}"
-      lines.append(f"| {kind} | {arch.name} | " + " | ".join(fmt.format(x) for x in values) + " |")
+      lines.append(f"| {kind} | {arch.name} | " + " | ".join(_FORMATS[key].format(x) for x in values) + " |")
     lines.append("")
-  return "\n".join(lines)
+  return "\n".join(lines + seed_lines(cells, students))
+
+
+_FORMATS = {"relation": "{:.5f}", "cka": "{:.3f}", "sts_spearman": "{:.1f}", "probe_sst2": "{:.1f}"}
+
+
+def scored_steps(cells: dict, variant: str) -> list[int]:
+  return sorted(int(n.rsplit("-", 1)[1]) for n in cells if n.rsplit("-", 1)[0] == variant)
+
+
+def seed_groups() -> dict[str, list[str]]:
+  """variant -> [it, its _seedN variants]: the same objective under other seeds."""
+  groups: dict[str, list[str]] = {}
+  for name in VARIANTS:
+    base, _, seed = name.rpartition("_seed")
+    if base in VARIANTS and seed.isdigit():
+      groups.setdefault(base, [base]).append(name)
+  return groups
+
+
+def seed_lines(cells: dict, students: dict) -> list[str]:
+  """Per seeded objective and step that two or more of its seeds have reached: each student's
+  mean, standard deviation and range over seeds, and how many seeds end above its sliced twin."""
+  lines = []
+  for base, group in seed_groups().items():
+    for step in sorted({s for v in group for s in scored_steps(cells, v)}):
+      runs = [cells[f"{v}-{step}"] for v in group if f"{v}-{step}" in cells]
+      if len(runs) < 2:
+        continue
+      lines += [f"## {base} over {len(runs)} seeds at step {step}", "",
+                "| student | arch | measure | sliced | mean ± sd | min..max | seeds above sliced |",
+                "|---" * 7 + "|"]
+      for i, (kind, arch) in enumerate(students.items()):
+        for key in ("sts_spearman", "cka", "probe_sst2"):
+          values = np.array([rows[i].get(key, float("nan")) for rows in runs])
+          sliced = cells["sliced-0"][i].get(key, float("nan")) if "sliced-0" in cells else float("nan")
+          f = _FORMATS[key].format
+          lines.append(f"| {kind} | {arch.name} | {MEASURES[key]} | {f(sliced)} | {f(values.mean())} ± "
+                       f"{f(values.std(ddof=1))} | {f(values.min())}..{f(values.max())} | "
+                       f"{int((values > sliced).sum())} of {len(values)} |")
+      lines.append("")
+  return lines
 
 
 if __name__ == "__main__":
