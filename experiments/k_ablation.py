@@ -33,7 +33,7 @@ from transfer import describe_transfer, with_transfer_set  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "headline.py"),
                                           "The experiment's config.", lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for both arms' runs.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the arms' runs, one workdir each.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/, wikitext-2/ and tinyshakespeare/.")
 _OUT = flags.DEFINE_string("out", None, "Where results.md goes (default: the workdir).")
 _GLUE = flags.DEFINE_bool("glue", False, "Also fine-tune the selected students on config.glue.tasks.")
