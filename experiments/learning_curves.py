@@ -52,6 +52,9 @@ VARIANTS = {
     # split, dropout), to tell its gains over the sliced twins from one run's luck
     "lr4e-5_glue_seed1": {"learning_rate": 4e-5, "glue_sentences": True, "seed": 1},
     "lr4e-5_glue_seed2": {"learning_rate": 4e-5, "glue_sentences": True, "seed": 2},
+    # lr4e-5_glue_kl under the same seeds: KL's lead over the MSE, measured against both spreads
+    "lr4e-5_glue_kl_seed1": {"learning_rate": 4e-5, "glue_sentences": True, "loss": "kl", "seed": 1},
+    "lr4e-5_glue_kl_seed2": {"learning_rate": 4e-5, "glue_sentences": True, "loss": "kl", "seed": 2},
 }
 GLUE_SENTENCES = ("sst2", "mrpc", "rte", "cola", "stsb")
 
