@@ -105,10 +105,12 @@ def main(argv):
 
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
   out = pathlib.Path(_OUT.value)
-  out.mkdir(parents=True, exist_ok=True)
+  if bad := [s for s in _STEPS.value if not s.isdigit() or int(s) < 1]:
+    raise SystemExit(f"error: --steps: {bad} are not positive whole numbers of training steps")
   steps = sorted(int(s) for s in _STEPS.value)
   if bad := [v for v in _VARIANTS.value if v not in VARIANTS]:
     raise SystemExit(f"error: unknown variants {bad}: choose from {list(VARIANTS)}")
+  out.mkdir(parents=True, exist_ok=True)  # only once the flags are known good
   base = variant_config("paper", data_dir, steps[-1])
   teacher = hf_io.load_bert(base.teacher)
   teacher_dir = hf_io.resolve_checkpoint(base.teacher)

@@ -117,3 +117,13 @@ def test_regression_bias_starts_the_head_at_the_label_mean(data_dir, tmp_path):
   assert 1.5 < float(rows[2][0].split("(")[1].rstrip(")")) < 4  # the 32 labels' mean
   first = [float(r[3]) for r in rows]
   assert min(first[:2]) > 2 * max(first[2:])  # the offset is what a zero bias must first learn
+
+
+@pytest.mark.parametrize("flag, message", [("--variants=paper,nope", "unknown variants ['nope']"),
+                                           ("--steps=20,x", "--steps: ['x'] are not positive")])
+def test_learning_curves_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp_path, flag, message):
+  command = [sys.executable, str(ROOT / "experiments" / "learning_curves.py"), f"--workdir={tmp_path / 'w'}",
+             f"--data_dir={data_dir}", f"--out={tmp_path / 'out'}", flag]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1 and done.stderr.strip().splitlines() == [done.stderr.strip()]
+  assert message in done.stderr and not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
