@@ -169,7 +169,7 @@ def plot(out: pathlib.Path, students: dict) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  cells = {p.stem: json.loads(p.read_text())["rows"] for p in sorted(out.glob("*.json"))}
+  cells = read_cells(out)
   fig, axes = plt.subplots(1, len(MEASURES), figsize=(5 * len(MEASURES), 4.2), dpi=110)
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, (key, label) in zip(axes, MEASURES.items(), strict=True):
@@ -179,8 +179,7 @@ def plot(out: pathlib.Path, students: dict) -> None:
         ax.axhline(cells["sliced-0"][i].get(key, float("nan")), color=colour, linestyle=":", linewidth=1)
       styles = itertools.cycle(("-", "--", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1))))
       for style, variant in zip(styles, VARIANTS, strict=False):  # styles cycle without end
-        done = sorted((int(n.rsplit("-", 1)[1]), rows) for n, rows in cells.items()
-                      if n.rsplit("-", 1)[0] == variant)
+        done = [(step, cells[f"{variant}-{step}"]) for step in scored_steps(cells, variant)]
         if done:
           ax.plot([s for s, _ in done], [rows[i].get(key, float("nan")) for _, rows in done], marker="o",
                   color=colour, linestyle=style, label=f"{kind} ({variant})")
@@ -197,7 +196,7 @@ def plot(out: pathlib.Path, students: dict) -> None:
 def report(out: pathlib.Path, students: dict) -> str:
   """Per student and measure: sliced, then each variant at each step it has been scored at (by this
   run or an earlier one, whatever its --steps); then the variants run under several seeds."""
-  cells = {p.stem: json.loads(p.read_text())["rows"] for p in sorted(out.glob("*.json"))}
+  cells = read_cells(out)
   columns = [("sliced", 0)] + [(v, s) for v in VARIANTS for s in scored_steps(cells, v)]
   lines = ["# Learning curves: students of the demo Base SuperLM against their sliced initialisation",
            "", "Command (resumes; cells run so far):", "", "```",
@@ -214,6 +213,11 @@ def report(out: pathlib.Path, students: dict) -> str:
 
 
 _FORMATS = {"relation": "{:.5f}", "cka": "{:.3f}", "sts_spearman": "{:.1f}", "probe_sst2": "{:.1f}"}
+
+
+def read_cells(out: pathlib.Path) -> dict[str, list[dict]]:
+  """"<variant>-<step>" (and "sliced-0") -> the suite's rows, for every cell scored under `out`."""
+  return {p.stem: json.loads(p.read_text())["rows"] for p in sorted(out.glob("*.json"))}
 
 
 def scored_steps(cells: dict, variant: str) -> list[int]:
