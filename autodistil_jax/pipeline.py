@@ -15,7 +15,7 @@ from autodistil_jax import (
   data,
   evaluate,
   export,
-  finetune,
+  finetune_stage,
   glue,
   hf_io,
   hub,
@@ -242,7 +242,7 @@ def run_evaluate(config: ml_collections.ConfigDict, wd: Workdir):
 
 def run_finetune(config: ml_collections.ConfigDict, wd: Workdir):
   """Fine-tunes the teacher, every export and config.glue.models on config.glue.tasks."""
-  return finetune.run_stage(config, wd)
+  return finetune_stage.run_stage(config, wd)
 
 
 MODES = {"train": run_train, "search": run_search, "export": run_export, "evaluate": run_evaluate,

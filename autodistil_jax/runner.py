@@ -64,7 +64,7 @@ def _run_stages(config, wd: Workdir, stages: tuple[str, ...], skip_finished: boo
   for stage in stages:
     label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}"
     # Fine-tuning re-runs when its settings changed (no refusal): each result carries its own
-    # inputs, and only those that match are reused (finetune.run_stage).
+    # inputs, and only those that match are reused (finetune_stage.run_stage).
     finished = _matches if stage == "finetune" else _check_stage
     if skip_finished and finished(config, wd, stage):
       print(f"{label}: done before with these settings, skipped")

@@ -51,7 +51,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import headline_report
 
-  from autodistil_jax import baselines, finetune, finetune_report, parallel, pipeline, runner
+  from autodistil_jax import baselines, finetune_report, finetune_stage, parallel, pipeline, runner
   from autodistil_jax.search_space import Arch
   from autodistil_jax.workdir import Workdir
 
@@ -90,7 +90,7 @@ def main(argv):
 
   def finetune_all(models: list[str]) -> None:
     for task in tasks:  # one task at a time over its models: a cut-short run compares like with like
-      timer.run(f"finetune {task}", finetune.run_stage, config, wd, (task,), models)
+      timer.run(f"finetune {task}", finetune_stage.run_stage, config, wd, (task,), models)
 
   finetune_all(claim_models)
   every = build(tuple(baselines.KINDS), archs)
@@ -100,7 +100,7 @@ def main(argv):
   suite_config.evaluate.models = tuple(d for d in every if pathlib.Path(d).name.startswith("alone-"))
   timer.run("evaluation suite", runner.run, "all", suite_config, wd.root, (), "evaluate")
   finetune_all(every)
-  finetune_report.write_summary(wd, list(finetune.finetune_models(config, wd, every)), tasks)
+  finetune_report.write_summary(wd, list(finetune_stage.finetune_models(config, wd, every)), tasks)
   path = headline_report.write_report(wd, out, config, timer.times, baselines.KINDS, command,
                                       describe_transfer(config))
   archive()

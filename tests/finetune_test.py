@@ -3,7 +3,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from autodistil_jax import data, finetune, glue, parallel
+from autodistil_jax import data, finetune, finetune_stage, glue, parallel
 from autodistil_jax.model import extract_student, get_params, random_student
 from autodistil_jax.search_space import Arch
 
@@ -101,10 +101,10 @@ def test_seeds_side_by_side_are_each_seed_fine_tuned_alone(teacher, data_dir, te
 
 def test_seed_batching_auto_is_sequential_on_cpu_and_one_seed_is_never_batched():
   g = lambda way, seeds: ml_collections.ConfigDict({"seed_batching": way, "seeds": seeds})
-  assert not finetune.seeds_side_by_side(g("auto", (0, 1, 2)))  # this machine is a CPU
-  assert finetune.seeds_side_by_side(g("vmap", (0, 1, 2)))
-  assert not finetune.seeds_side_by_side(g("vmap", (0,)))
-  assert not finetune.seeds_side_by_side(g("sequential", (0, 1)))
+  assert not finetune_stage.seeds_side_by_side(g("auto", (0, 1, 2)))  # this machine is a CPU
+  assert finetune_stage.seeds_side_by_side(g("vmap", (0, 1, 2)))
+  assert not finetune_stage.seeds_side_by_side(g("vmap", (0,)))
+  assert not finetune_stage.seeds_side_by_side(g("sequential", (0, 1)))
 
 
 def test_learning_rate_schedule_is_transformers_linear_warmup_step_for_step():

@@ -1,0 +1,152 @@
+"""The finetune stage: every model (the teacher, the exports, config.glue.models) on every task of
+config.glue, one results.json per (model, task) in the workdir, reused on a re-run only when its
+inputs match; then the summary table and the exports' cards. The training itself is
+autodistil_jax.finetune's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from autodistil_jax import data, finetune_report, glue, hf_io, parallel, records, storage
+from autodistil_jax.finetune import finetune, finetune_seeds, task_features
+from autodistil_jax.model import count_params
+from autodistil_jax.search_space import exact_flops
+from autodistil_jax.workdir import Workdir, write_text_atomic
+
+
+def finetune_models(config: ml_collections.ConfigDict, wd: Workdir,
+                    extra: Sequence[str] = ()) -> dict[str, str]:
+  """name -> checkpoint: the teacher first, then every export, then config.glue.models and
+  `extra`."""
+  models = {"teacher": str(config.teacher)} if config.glue.include_teacher else {}
+  models.update({name: str(path) for name, path in wd.exports().items()})
+  for path in (*config.glue.models, *extra):
+    models[Path(path).name] = str(path)
+  if not models:
+    raise ValueError("nothing to fine-tune: no export in the workdir, config.glue.include_teacher "
+                     "is off and config.glue.models is empty")
+  return models
+
+
+# Settings a result does not depend on: which other tasks and models are run beside it.
+# seed_batching: how the seeds run, not what (finetune_seeds' docstring says how close).
+_NOT_INPUTS = ("tasks", "models", "include_teacher", "eval_batch_size", "seed_batching")
+
+
+def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, model_identity: str) -> dict:
+  """What one (model, task) result depends on: the fine-tuning settings, the seed, the task's
+  data and the model's files (records.checkpoint_identity). A stored result is reused only when
+  these match."""
+  settings = {k: v for k, v in records.flatten(config.glue).items() if k not in _NOT_INPUTS}
+  return {**settings, "seed": config.seed, "data": glue.identity([task], config.data.glue_dir),
+          "model": model_identity}
+
+
+def _reusable(path: Path, inputs: dict) -> str | None:
+  """None when the result at `path` can be reused, else why not."""
+  stored = json.loads(path.read_text(encoding="utf-8"))
+  if changes := records.changed_keys(stored.get("inputs", {}), inputs):
+    return "was made with other inputs: " + "; ".join(changes)
+  if not np.isfinite(stored.get("score_mean", float("nan"))):
+    return "has a score that is not finite"
+  return None
+
+
+def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[str] | None = None,
+              extra_models: Sequence[str] = ()) -> Path:
+  """Fine-tunes every model (finetune_models) on `tasks` (default config.glue.tasks); one
+  results.json per (model, task), reused on a re-run only when its inputs (result_inputs) match
+  and its score is finite (others are moved aside to wd's replaced/ and recomputed), then the
+  summary table."""
+  if not config.data.glue_dir:
+    raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root, "
+                     "or tfds: for tensorflow-datasets)")
+  tasks = [glue.get_task(t) for t in (config.glue.tasks if tasks is None else tasks)]
+  mesh = parallel.make_mesh()
+  models = finetune_models(config, wd, extra_models)
+  splits = {t.name: {"train": glue.read_split(t, config.data.glue_dir, "train"),
+                     **{s: glue.read_split(t, config.data.glue_dir, s) for s in t.dev_splits}}
+            for t in tasks}
+  for model_name, checkpoint in models.items():
+    with storage.local_checkpoint(checkpoint) as local:
+      encoder = hf_io.load_bert(local)
+      tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(local))
+      identity = records.checkpoint_identity(hf_io.resolve_checkpoint(local))
+    for task in tasks:
+      out, inputs = wd.glue_result(model_name, task.name), result_inputs(config, task, identity)
+      if out.is_file():
+        if (why := _reusable(out, inputs)) is None:
+          continue
+        aside = wd.move_aside([out]) if jax.process_index() == 0 else None
+        print(f"{model_name} {task.name}: the stored result {why}; recomputing (old one in {aside})")
+      result = _finetune_task(encoder, task, splits[task.name], tokenizer, config, mesh, model_name)
+      result.update(checkpoint=checkpoint, inputs=inputs)
+      if jax.process_index() == 0:
+        if not np.isfinite(result["score_mean"]):
+          print(f"warning: {model_name} {task.name} scored {result['score_mean']} (not finite); "
+                "saved, and recomputed on the next run")
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+        print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
+              f"(+-{100 * result['score_std']:.1f}, lr {result['best_lr']:g})")
+  if jax.process_index() == 0:
+    _update_cards(wd, [t.name for t in tasks])
+  return finetune_report.write_summary(wd, list(models), [t.name for t in tasks])
+
+
+def _update_cards(wd: Workdir, tasks: Sequence[str]) -> None:
+  """Each export's card gets its GLUE results (section and model-index) beside the teacher's."""
+  from autodistil_jax import cards
+
+  read = lambda model, task: (json.loads(wd.glue_result(model, task).read_text())
+                              if wd.glue_result(model, task).is_file() else None)
+  teacher = {t: r for t in tasks if (r := read("teacher", t))}
+  for name, directory in wd.exports().items():
+    if results := [r for t in tasks if (r := read(name, t))]:
+      write_text_atomic(directory / "README.md", cards.put_glue(directory / "README.md", results, teacher))
+
+
+SEED_BATCHING = ("auto", "vmap", "sequential")
+
+
+def seeds_side_by_side(g: ml_collections.ConfigDict) -> bool:
+  """config.glue.seed_batching: "vmap" (finetune_seeds), "sequential" (finetune per seed) or
+  "auto": side by side on an accelerator, where a step of one seed is launch-bound, and one after
+  another on a CPU, where the arithmetic is the cost either way."""
+  way = g.get("seed_batching", "auto")
+  return len(g.seeds) > 1 and (way == "vmap" or way == "auto" and jax.default_backend() != "cpu")
+
+
+def _finetune_task(encoder, task: glue.Task, splits, tokenizer, config, mesh, model_name: str) -> dict:
+  """Every learning rate x seed of the grid on one task; the best learning rate by mean score."""
+  g = config.glue
+  train, dev = task_features(task, splits, tokenizer, g.seq_len, g.max_train_examples, config.seed)
+  start = time.perf_counter()
+  if seeds_side_by_side(g):
+    runs = [run for lr in g.learning_rates for run in finetune_seeds(
+        encoder, task, train, dev, g, lr, list(g.seeds), mesh,
+        desc=f"{model_name} {task.name} lr={lr:g} seeds={','.join(map(str, g.seeds))}")]
+  else:
+    runs = [finetune(encoder, task, train, dev, g, lr, seed, mesh,
+                     desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
+            for lr in g.learning_rates for seed in g.seeds]
+  by_lr = {lr: [glue.main_score(task, next(iter(r.best.values()))) for r in runs
+                if r.learning_rate == lr] for lr in g.learning_rates}
+  best_lr = max(by_lr, key=lambda lr: np.nan_to_num(np.mean(by_lr[lr]), nan=-np.inf))
+  scores = by_lr[best_lr]
+  return {"model": model_name, "task": task.name, "params": count_params(encoder),
+          "flops": exact_flops(encoder.config.full_arch(), g.seq_len, encoder.config.head_size,
+                               encoder.config.pooler), "best_lr": best_lr,
+          "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
+          "train_examples": int(len(train["labels"])),
+          "trivial_score": glue.trivial_score(task, train["labels"], next(iter(dev.values()))["labels"]),
+          "seconds": round(time.perf_counter() - start, 1),  # every run, compiles included
+          "runs": [dataclasses.asdict(r) for r in runs]}
