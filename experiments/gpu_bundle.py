@@ -21,6 +21,8 @@ import tarfile
 import numpy as np
 from absl import app, flags
 
+from autodistil_jax.cli import one_line_errors
+
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/, wikitext-2/ and tinyshakespeare/.")
 _OUT = flags.DEFINE_string("out", ".bundle", "The bundle's folder (replaced).")
 _TEACHER = flags.DEFINE_string("teacher", "all-MiniLM-L6-v2", "HF directory or hub name of the teacher.")
@@ -94,4 +96,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(one_line_errors(main))

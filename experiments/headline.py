@@ -29,6 +29,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from autodistil_jax.cli import one_line_errors
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))  # the experiments' own modules, beside this file
 from timing import Timer, invocation  # noqa: E402
@@ -108,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(one_line_errors(main))

@@ -26,6 +26,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from autodistil_jax.cli import one_line_errors
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 from timing import Timer, invocation  # noqa: E402
@@ -152,14 +154,14 @@ def main(argv):
   arms = chosen_arms(_CONFIG.value, _ARMS.value)
   timer = Timer(root / "timing.json", "k_ablation")
   if not _REPORT_ONLY.value:
-    root.mkdir(parents=True, exist_ok=True)
-    config = with_transfer_set(_CONFIG.value, data_dir, root / "glue_train.txt")
-    for arm, arm_config in chosen_arms(config, _ARMS.value).items():
-      # Each stage is reused while its record matches (an arm whose config changed is refused).
+    for arm, arm_config in arms.items():
+      # The transfer set is written once under --workdir (a missing data root stops the first arm
+      # before any write). Each stage is reused while its record matches (a changed arm is refused).
+      arm_config = with_transfer_set(arm_config, data_dir, root / "glue_train.txt")
       timer.run(arm, runner.run, "all", arm_config, root / arm, (), "finetune" if _GLUE.value else "evaluate")
   path = write_report(_CONFIG.value, arms, root, out, timer.times)
   print(f"[k_ablation] report: {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(one_line_errors(main))

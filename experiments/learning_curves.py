@@ -27,6 +27,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from autodistil_jax.cli import one_line_errors
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the SuperLMs of the variants are trained.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/ and wikitext-2/.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the cells (JSON) and results.md.")
@@ -259,4 +261,4 @@ def seed_lines(cells: dict, students: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(one_line_errors(main))

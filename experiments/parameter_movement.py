@@ -22,6 +22,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from autodistil_jax.cli import one_line_errors
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "demo.py"),
                                           "The config the SuperLM was trained with.", lock_config=False)
@@ -143,4 +145,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(one_line_errors(main))

@@ -6,10 +6,10 @@ run stops naming them, and --redo=STAGE runs that stage (and the later ones) aga
 Run the same command on every worker of a TPU pod slice or multi-node GPU job.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from autodistil_jax.cli import one_line_errors  # imports no jax: flags are parsed first
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file under configs/.",
                                           lock_config=True)
@@ -28,29 +28,12 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # libraries log a lot at INFO; progress bars say enough
     logging.set_verbosity(logging.WARNING)
   from autodistil_jax import pipeline, runner  # after flag parsing: jax reads XLA flags from the env
-  from autodistil_jax.train import Preempted
 
   config = _CONFIG.value
   pipeline.setup_distributed(config)
   logging.info("mode=%s workdir=%s\n%s", _MODE.value, _WORKDIR.value, config)
-  try:
-    runner.run(_MODE.value, config, _WORKDIR.value, tuple(_REDO.value))
-  except Preempted as e:  # SIGTERM: the checkpoint is saved; exit as a SIGTERM'd process would
-    print(str(e), file=sys.stderr)
-    sys.exit(143)
-  except runner.USER_ERRORS as e:  # what the user must fix: one line, non-zero exit
-    print("error: " + " ".join(str(e).split()), file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:  # the system refused (disk full, permission, a file gone): one line, the path
-    where = " ".join(str(p) for p in (e.filename, e.filename2) if p)
-    print(f"error: {e.strerror or e}{': ' + where if where else ''} (outputs are written whole or "
-          "not at all; free the space or fix the permission and run the same command again)",
-          file=sys.stderr)
-    sys.exit(1)
-  except FloatingPointError as e:  # a state that is not finite: refused, never saved
-    print("error: " + " ".join(str(e).split()), file=sys.stderr)
-    sys.exit(1)
+  runner.run(_MODE.value, config, _WORKDIR.value, tuple(_REDO.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(one_line_errors(main))

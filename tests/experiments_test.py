@@ -127,3 +127,16 @@ def test_learning_curves_refuses_bad_flags_in_one_line_before_any_write(data_dir
   done = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert done.returncode == 1 and done.stderr.strip().splitlines() == [done.stderr.strip()]
   assert message in done.stderr and not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("experiment", ["headline.py", "k_ablation.py"])
+def test_an_experiment_refuses_a_missing_data_root_in_one_line_before_any_write(tmp_path, experiment):
+  """What a user must fix ends an experiment as launch/main.py ends: `error: ...`, exit 2, no
+  traceback (autodistil_jax.cli.one_line_errors), and nothing written."""
+  command = [sys.executable, str(ROOT / "experiments" / experiment), f"--workdir={tmp_path / 'w'}",
+             f"--data_dir={tmp_path / 'no_data'}", f"--out={tmp_path / 'out'}"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+  assert done.stderr.startswith("error: ") and "no_data/glue" in done.stderr
+  assert "Traceback" not in done.stderr
+  assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
