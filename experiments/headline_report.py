@@ -112,7 +112,8 @@ def claim(rows: list[dict], budget: str) -> list[str]:
 
   teacher, searched = find("teacher"), find("searched")
   if not (teacher and searched and "average" in teacher and "average" in searched):
-    return [f"- {budget}: not every cell has run; no verdict."]
+    return [f"- {budget}: not every cell has run; no verdict.",
+            *task_so_far(teacher, searched, [find(k) for k in ("sliced", "alone", "random")])]
   t, s = teacher["average"][0], searched["average"][0]
   lines = [f"- {budget}: the searched student ({searched['gflops'] / teacher['gflops']:.0%} of the "
            f"teacher's FLOPs) averages {s:.1f} = {s / t:.1%} of the teacher's {t:.1f}: "
@@ -131,6 +132,25 @@ def claim(rows: list[dict], budget: str) -> list[str]:
       lines.append(f"  - {verdict} {kind} ({o:.1f}): {gap:+.1f} points (seed std of the difference "
                    f"~{noise:.1f}); higher on {len(wins)} of {len(searched['cells'])} tasks"
                    f"{' (' + ', '.join(wins) + ')' if wins else ''}")
+  return lines
+
+
+def task_so_far(teacher: dict | None, searched: dict | None, others: list[dict | None]) -> list[str]:
+  """For a run cut short: per task that the teacher and the searched student have both run, the
+  searched student's score, its share of the teacher's, and its gap to each baseline run there."""
+  if not (teacher and searched):
+    return []
+  lines = []
+  for task, (s, s_std, _) in searched["cells"].items():
+    if task not in teacher["cells"]:
+      continue
+    t = teacher["cells"][task][0]
+    kept = f" = {s / t:.0%} of the teacher's {t:.1f}" if t > 0 else f" (teacher {t:.1f})"
+    gaps = [f"{o['kind']} {o['cells'][task][0]:.1f} ({s - o['cells'][task][0]:+.1f}, seed std of the "
+            f"difference ~{np.hypot(s_std, o['cells'][task][1]):.1f})"
+            for o in others if o and task in o["cells"]]
+    lines.append(f"  - so far, {task}: searched {s:.1f} ± {s_std:.1f}{kept}"
+                 f"{'; against ' + ', '.join(gaps) if gaps else ''}")
   return lines
 
 
@@ -215,7 +235,7 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
   g, t = config.glue, config.train
   total = sum(times.values())
   lines = [
-      "# Results: AutoDistil against the teacher and three baselines on GLUE (issue 8)", "",
+      "# Results: AutoDistil against the teacher and three baselines on GLUE (issues 8 and 15)", "",
       "Produced by `experiments/headline.py` (default config `configs/headline.py`); resume or regenerate "
       "with:", "",
       "```", command, "```", "",

@@ -120,3 +120,24 @@ def test_k_ablation_refuses_an_unknown_arm_before_any_work(data_dir, tmp_path):
   done = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert done.returncode != 0 and "--arms: unknown ['k2']" in done.stderr
   assert "['k3', 'k1', 'k3_long']" in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_cut_short_headline_compares_per_task_what_has_run():
+  """Before every cell has run the claim gives no verdict, but per task that the teacher and the
+  searched student have both run: the share of the teacher's score and the gap to each baseline
+  run there, with the seed noise of the difference."""
+  sys.path.insert(0, str(ROOT / "experiments"))
+  import headline_report
+
+  budget = "flops<=0.5*teacher"
+  row = lambda kind, cells: {"model": kind, "kind": kind, "budgets": [budget], "gflops": 1.0,
+                             "cells": {t: (m, sd, 3) for t, (m, sd) in cells.items()}}
+  rows = [row("teacher", {"stsb": (86.0, 0.3), "cola": (30.0, 1.0)}),
+          row("searched", {"stsb": (81.0, 0.4)}),
+          row("sliced", {"stsb": (80.0, 0.3)}), row("random", {"stsb": (10.0, 4.0)})]
+  lines = headline_report.claim(rows, budget)
+  assert lines[0] == f"- {budget}: not every cell has run; no verdict."
+  assert lines[1:] == ["  - so far, stsb: searched 81.0 ± 0.4 = 94% of the teacher's 86.0; against "
+                       "sliced 80.0 (+1.0, seed std of the difference ~0.5), random 10.0 (+71.0, "
+                       "seed std of the difference ~4.0)"]
+  assert headline_report.claim(rows[:1], budget) == [f"- {budget}: not every cell has run; no verdict."]
