@@ -67,6 +67,7 @@ class Checkpointer:
     steps = sorted(self._manager.all_steps(), reverse=True)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     failures = []
+    _silence_orphaned_reads()
     for candidate in steps:
       items = {"state": ocp.args.StandardRestore(abstract)}
       if iterator is not None:
@@ -75,7 +76,6 @@ class Checkpointer:
         restored = self._manager.restore(candidate, args=ocp.args.Composite(**items))
       except Exception as e:  # orbax/tensorstore raise many types for unreadable files
         failures.append(f"step {candidate}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        _silence_orphaned_reads()
         logging.warning("checkpoint at step %d in %s is unreadable (%s); moved aside, trying the "
                         "previous one", candidate, self.directory, failures[-1])
         self._move_aside(candidate)
@@ -83,7 +83,6 @@ class Checkpointer:
       logging.info("restored step %d from %s", candidate, self.directory)
       return candidate, restored["state"]
     if failures:
-      _silence_orphaned_reads()
       raise ValueError(f"no readable checkpoint in {self.directory} ({'; '.join(failures)}); the "
                        f"unreadable ones are in {self.directory}.corrupt/. Restore a good copy, or "
                        "use a new --workdir to start over")
@@ -95,6 +94,7 @@ class Checkpointer:
     stays on disk). For readers (search, export): an unreadable checkpoint is skipped with a
     warning, never moved. None when there is no checkpoint."""
     failures = []
+    _silence_orphaned_reads()
     for step in sorted(self._manager.all_steps(), reverse=True):
       args = ocp.args.PyTreeRestore(item=like, restore_args=ocp.checkpoint_utils.construct_restore_args(like),
                                     partial_restore=True)
@@ -103,7 +103,6 @@ class Checkpointer:
                                                       args=args)
       except Exception as e:  # orbax/tensorstore raise many types for unreadable files
         failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        _silence_orphaned_reads()
         logging.warning("checkpoint in %s unreadable (%s); trying the previous one", self.directory,
                         failures[-1])
     if failures:
@@ -135,7 +134,9 @@ def _epath(p):
 def _silence_orphaned_reads() -> None:
   """After a failed restore, orbax's cancelled reads still complete later on their closed event
   loop, each printing 'Exception ignored ... Event loop is closed'. Those (and only those) are
-  dropped: the failure itself was already reported."""
+  dropped: the failure itself is reported. Installed before a restore is tried, not after it
+  fails: on a busy machine a read can complete between the loop's closing and the except clause
+  (seen once in CI as a PytestUnraisableExceptionWarning)."""
   previous = sys.unraisablehook
   if getattr(previous, "_autodistil", False):
     return
