@@ -136,16 +136,15 @@ def claim(rows: list[dict], budget: str) -> list[str]:
 
 
 def task_so_far(teacher: dict | None, searched: dict | None, others: list[dict | None]) -> list[str]:
-  """For a run cut short: per task that the teacher and the searched student have both run, the
-  searched student's score, its share of the teacher's, and its gap to each baseline run there."""
-  if not (teacher and searched):
+  """For a run cut short: per task the searched student has run, its score, its share of the
+  teacher's (where the teacher's cell has run), and its gap to each baseline run there."""
+  if not searched:
     return []
   lines = []
   for task, (s, s_std, _) in searched["cells"].items():
-    if task not in teacher["cells"]:
-      continue
-    t = teacher["cells"][task][0]
-    kept = f" = {s / t:.0%} of the teacher's {t:.1f}" if t > 0 else f" (teacher {t:.1f})"
+    t = teacher["cells"][task][0] if teacher and task in teacher["cells"] else None
+    kept = ("" if t is None else f" = {s / t:.0%} of the teacher's {t:.1f}" if t > 0
+            else f" (teacher {t:.1f})")
     gaps = [f"{o['kind']} {o['cells'][task][0]:.1f} ({s - o['cells'][task][0]:+.1f}, seed std of the "
             f"difference ~{np.hypot(s_std, o['cells'][task][1]):.1f})"
             for o in others if o and task in o["cells"]]
