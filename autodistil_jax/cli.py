@@ -1,5 +1,7 @@
-"""How every command-line program (launch/main.py, experiments/*.py) ends when something stops it:
-what the user must act on as one `error:` line and an exit code, never a traceback.
+"""What every command-line program (launch/main.py, experiments/*.py) shares: how it starts (absl
+parses its flags, extra arguments are refused, libraries' INFO logs are quieted) and how it ends
+when something stops it (what the user must act on as one `error:` line and an exit code, never a
+traceback).
 
 This module imports nothing heavy at its top: the programs import jax only after absl has parsed
 their flags (jax reads XLA flags from the environment then).
@@ -48,3 +50,19 @@ def one_line_errors(main: Callable[[list[str]], object]) -> Callable[[list[str]]
       sys.exit(1)
 
   return wrapped
+
+
+def run(main: Callable[[], object]) -> None:
+  """Runs a program's `main` under absl: flags parsed, positional arguments refused (every input is
+  a flag), logging at WARNING unless --verbosity is given (libraries log a lot at INFO; progress
+  bars say enough), and the endings of `one_line_errors`."""
+  from absl import app, flags, logging
+
+  def with_flags_parsed(argv: list[str]) -> object:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    return main()
+
+  app.run(one_line_errors(with_flags_parsed))

@@ -19,9 +19,9 @@ import sys
 import tarfile
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from autodistil_jax.cli import one_line_errors
+from autodistil_jax import cli
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/, wikitext-2/ and tinyshakespeare/.")
 _OUT = flags.DEFINE_string("out", ".bundle", "The bundle's folder (replaced).")
@@ -74,9 +74,7 @@ def download_wheels(target: pathlib.Path) -> None:
                   *WHEELS], check=True)
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main() -> None:
   from autodistil_jax import hf_io
 
   data_dir = pathlib.Path(_DATA_DIR.value)
@@ -96,4 +94,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(one_line_errors(main))
+  cli.run(main)

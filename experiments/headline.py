@@ -26,10 +26,10 @@ import pathlib
 import sys
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from autodistil_jax.cli import one_line_errors
+from autodistil_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))  # the experiments' own modules, beside this file
@@ -46,11 +46,7 @@ _ARCHIVE = flags.DEFINE_string("archive", None, "Also write the workdir less its
                                "(Workdir.write_archive), with results.md.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+def main() -> None:
   import headline_report
 
   from autodistil_jax import baselines, finetune_report, finetune_stage, parallel, pipeline, runner
@@ -110,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(one_line_errors(main))
+  cli.run(main)

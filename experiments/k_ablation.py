@@ -23,10 +23,10 @@ import pathlib
 import sys
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from autodistil_jax.cli import one_line_errors
+from autodistil_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -141,11 +141,7 @@ def write_report(config, arms, root: pathlib.Path, out: pathlib.Path,
   return path
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+def main() -> None:
   from autodistil_jax import runner
 
   root = pathlib.Path(_WORKDIR.value)
@@ -164,4 +160,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(one_line_errors(main))
+  cli.run(main)

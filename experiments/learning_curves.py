@@ -25,9 +25,9 @@ import time
 
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from autodistil_jax.cli import one_line_errors
+from autodistil_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the SuperLMs of the variants are trained.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/ and wikitext-2/.")
@@ -95,11 +95,7 @@ def fixed_students(config, teacher, random_students: int = 0) -> dict[str, objec
   return chosen
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+def main() -> None:
   from autodistil_jax import data, evaluate, hf_io, measures, parallel, pipeline
   from autodistil_jax.model import extract_student
   from autodistil_jax.train import load_superlm, train_superlm
@@ -261,4 +257,4 @@ def seed_lines(cells: dict, students: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-  app.run(one_line_errors(main))
+  cli.run(main)

@@ -19,10 +19,10 @@ import shlex
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from autodistil_jax.cli import one_line_errors
+from autodistil_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "demo.py"),
@@ -86,11 +86,7 @@ def report(changes: dict[str, np.ndarray], students: dict[str, dict], step: int,
   return "\n".join(lines) + "\n"
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+def main() -> None:
   import jax
   from flax import nnx
 
@@ -145,4 +141,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(one_line_errors(main))
+  cli.run(main)

@@ -30,10 +30,10 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from autodistil_jax.cli import one_line_errors
+from autodistil_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "demo.py"),
@@ -195,11 +195,7 @@ def report(cells: dict[str, list[dict]], resamples: int, tasks: list[str]) -> st
   return "\n".join(lines) + "\n"
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+def main() -> None:
   from autodistil_jax import data, evaluate, glue, hf_io, parallel, pipeline
   from autodistil_jax.search_space import Arch
   from autodistil_jax.train import load_superlm
@@ -265,4 +261,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(one_line_errors(main))
+  cli.run(main)

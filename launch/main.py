@@ -6,10 +6,10 @@ run stops naming them, and --redo=STAGE runs that stage (and the later ones) aga
 Run the same command on every worker of a TPU pod slice or multi-node GPU job.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from autodistil_jax.cli import one_line_errors  # imports no jax: flags are parsed first
+from autodistil_jax import cli  # imports no jax: flags are parsed first
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file under configs/.",
                                           lock_config=True)
@@ -22,11 +22,7 @@ _REDO = flags.DEFINE_list("redo", [], "Stages to run again although the workdir 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # libraries log a lot at INFO; progress bars say enough
-    logging.set_verbosity(logging.WARNING)
+def main() -> None:
   from autodistil_jax import pipeline, runner  # after flag parsing: jax reads XLA flags from the env
 
   config = _CONFIG.value
@@ -36,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(one_line_errors(main))
+  cli.run(main)

@@ -140,3 +140,26 @@ def test_an_experiment_refuses_a_missing_data_root_in_one_line_before_any_write(
   assert done.stderr.startswith("error: ") and "no_data/glue" in done.stderr
   assert "Traceback" not in done.stderr
   assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
+
+
+PROGRAMS_AND_REQUIRED_FLAGS = {
+  "launch/main.py": ["--config=configs/demo.py", "--workdir={tmp}/w"],
+  "experiments/headline.py": ["--workdir={tmp}/w", "--data_dir={tmp}/d"],
+  "experiments/k_ablation.py": ["--workdir={tmp}/w", "--data_dir={tmp}/d"],
+  "experiments/learning_curves.py": ["--workdir={tmp}/w", "--data_dir={tmp}/d", "--out={tmp}/o"],
+  "experiments/parameter_movement.py": ["--workdir={tmp}/w", "--out={tmp}/o"],
+  "experiments/regression_bias.py": ["--workdir={tmp}/w", "--out={tmp}/o", "--arch=6,288,2.5,12"],
+  "experiments/search_validation.py": ["--workdir={tmp}/w", "--out={tmp}/o"],
+  "experiments/gpu_bundle.py": ["--data_dir={tmp}/d", "--out={tmp}/o", "--nowheels"],
+}
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS_AND_REQUIRED_FLAGS))
+def test_every_program_refuses_a_positional_argument_before_any_work(tmp_path, program):
+  """Every input is a flag (autodistil_jax.cli.run): a stray word, e.g. a path typed without its
+  --flag=, is named in one line, and nothing is read or written."""
+  flags = [f.format(tmp=tmp_path) for f in PROGRAMS_AND_REQUIRED_FLAGS[program]]
+  done = subprocess.run([sys.executable, str(ROOT / program), *flags, "stray"], capture_output=True,
+                        text=True, timeout=120, cwd=ROOT)
+  assert done.returncode == 1 and "unexpected arguments: ['stray']" in done.stderr, done.stderr
+  assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
