@@ -26,7 +26,9 @@ from autodistil_jax import data, finetune, glue, hf_io, parallel
 
 flags.DEFINE_string("data_dir", None, "GLUE TSV root")
 flags.DEFINE_string("out", None, "folder for one JSON per cell (resumable)")
-flags.DEFINE_string("teacher", "all-MiniLM-L6-v2", "the teacher fine-tuned on both sides")
+flags.DEFINE_string("teacher", "all-MiniLM-L6-v2", "the model fine-tuned on both sides: a hub name or "
+                    "HF directory, a student exported by this project included (its modeling code, "
+                    "which lets hidden differ from heads x head size, is loaded: trust_remote_code)")
 flags.DEFINE_string("tasks", "stsb,mrpc,rte,cola", "comma-separated GLUE tasks")
 flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
 flags.DEFINE_string("impls", "ours,torch", "which sides run: ours, torch")
@@ -67,7 +69,7 @@ def run_torch(teacher_dir, task, train, dev, cfg, lr: float, seed: int) -> dict:
 
   torch.manual_seed(seed)
   model = AutoModelForSequenceClassification.from_pretrained(
-      str(teacher_dir), num_labels=task.num_labels, attn_implementation="eager",
+      str(teacher_dir), num_labels=task.num_labels, attn_implementation="eager", trust_remote_code=True,
       problem_type="regression" if task.is_regression else "single_label_classification")
   with torch.no_grad():  # zero unless asked otherwise: transformers' own init
     model.classifier.bias.fill_(finetune.head_bias(task, train["labels"], cfg.regression_bias))
