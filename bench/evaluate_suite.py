@@ -5,7 +5,9 @@ teacher > 75% > 50% > 25% > random on most measures (docs/evaluation.md).
 
   python bench/evaluate_suite.py --data_dir=../shared/data --out=runs/evaluate_suite   # CPU, ~5 min
 
-Writes suite.md / suite.csv / suite.png and timing.json under --out.
+Writes suite.md / suite.csv / suite.png and timing.json under --out. --models adds HF directories
+(students this project exported, say) to the subjects; --pooling reads sentences another way than
+the teacher's sentence-transformers config says (e.g. `cls`: the [CLS] state that a GLUE head reads).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from autodistil_jax.search_space import SubSpace, exact_flops
 flags.DEFINE_string("data_dir", None, "root holding glue/ and wikitext-2/")
 flags.DEFINE_string("out", None, "folder for the suite's table, plot and JSON")
 flags.DEFINE_integer("probe_train_examples", -1, "-1: the config's")
+flags.DEFINE_list("models", [], "HF directories scored too (e.g. a workdir's export/*)")
+flags.DEFINE_enum("pooling", "", ["", *measures.POOLINGS], "sentence pooling ('': the teacher's own)")
 flags.mark_flags_as_required(['data_dir', 'out'])
 
 def nearest_archs(config, teacher, fractions: tuple[float, ...]):
@@ -44,6 +48,7 @@ def main() -> None:
   config = get_config()
   if args.probe_train_examples >= 0:
     config.evaluate.probe_train_examples = args.probe_train_examples
+  config.evaluate.pooling = args.pooling
   teacher = hf_io.load_bert(config.teacher)
   teacher_dir = hf_io.resolve_checkpoint(config.teacher)
   tokens = data.load_corpus(f"{args.data_dir}/wikitext-2/*.txt", teacher_dir, config.data.seq_len)
@@ -58,6 +63,7 @@ def main() -> None:
   subjects += [evaluate.Subject(f"sliced {int(100 * f)}%", "sliced", extract_student(teacher, a))
                for f, a in archs.items()]
   subjects.append(evaluate.Subject("random 50%", "random", random_student(teacher.config, archs[0.5], 0)))
+  subjects += [evaluate.Subject(Path(m).name, "model", hf_io.load_bert(m)) for m in args.models]
   rows, seconds = [], {}
   for subject in subjects:
     t0 = time.perf_counter()
