@@ -74,6 +74,22 @@ def test_glue_reference_runs_both_sides_and_resumes(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_pooler_readouts_give_the_teachers_known_zero_shot_score(data_dir, tmp_path):
+  """The mean readout is the teacher's sentence-transformers embedding: its STS-B dev Spearman is
+  the suite's, 86.7 (tests/evaluate_test.py checks the suite's against sentence-transformers' own
+  score); [CLS] and the pooler are read from the same forward pass."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  command = [sys.executable, str(ROOT / "bench" / "pooler_readouts.py"), f"--data_dir={data_dir / 'glue'}",
+             f"--out={tmp_path}"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  teacher = json.loads((tmp_path / "readouts.json").read_text())["teacher"]
+  assert abs(teacher["mean"] - 86.7) < 0.1, teacher
+  assert 0 < teacher["pooler_std"] < 1 and teacher["cls"] != teacher["pooler"]
+  assert "| teacher | 86.7 |" in done.stdout
+
+
+@pytest.mark.slow
 def test_gpu_script_runs_every_part_at_toy_sizes_and_profiles_the_step(tmp_path):
   env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "TINY": "1", "OUT": str(tmp_path)}
   result = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True, text=True,
