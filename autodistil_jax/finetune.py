@@ -1,8 +1,9 @@
 """GLUE fine-tuning of any BERT encoder (teacher, exported student, HF directory).
 
-A freshly initialised head on the pooled [CLS] (classification, or regression for STS-B), AdamW
-without weight decay, linear decay from the peak learning rate, dev evaluated every epoch and the
-best epoch kept (docs/paper.md §7). Data parallel over the same ('data',) mesh as training.
+A freshly initialised head (classification, or regression for STS-B) on the pooled [CLS] or the
+mean of the tokens (config.glue.head_input), AdamW without weight decay, linear decay from the
+peak learning rate, dev evaluated every epoch and the best epoch kept (docs/paper.md §7). Data
+parallel over the same ('data',) mesh as training.
 """
 
 from __future__ import annotations
@@ -78,17 +79,31 @@ def make_optimizer() -> optax.GradientTransformation:
                                                weight_decay=0.0)
 
 
+def head_features(out, attention_mask: jax.Array, head_input: str) -> jax.Array:
+  """[B, hidden] what the head reads from an encoder's output (glue.HEAD_INPUTS)."""
+  if head_input == "pooler":
+    return out.pooled if out.pooled is not None else out.hidden[:, 0]
+  if head_input == "cls":
+    return out.hidden[:, 0]
+  if head_input == "mean":
+    mask = attention_mask[..., None].astype(jnp.float32)
+    return (out.hidden.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+  raise ValueError(f"head_input={head_input!r} must be one of {', '.join(glue.HEAD_INPUTS)}")
+
+
 def step_functions(graphdef, task: glue.Task, dropout: float, attention_dropout: float,
-                   optimizer: optax.GradientTransformation, dtype=jnp.float32):
-  """Un-jitted (train_step, predict) of an encoder + a head on the pooled [CLS]. `arch` (None: the
-  encoder at full size) runs one student of a SuperLM, so the proxy search (proxy.py) vmaps the
-  very step that fine-tunes an exported student."""
+                   optimizer: optax.GradientTransformation, dtype=jnp.float32, head_input: str = "pooler"):
+  """Un-jitted (train_step, predict) of an encoder + a head on `head_input` (head_features).
+  `arch` (None: the encoder at full size) runs one student of a SuperLM, so the proxy search
+  (proxy.py) vmaps the very step that fine-tunes an exported student."""
+  if head_input not in glue.HEAD_INPUTS:
+    raise ValueError(f"head_input={head_input!r} must be one of {', '.join(glue.HEAD_INPUTS)}")
 
   def logits_fn(params, batch, rng, arch):
     out = nnx.merge(graphdef, params["encoder"])(
         batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch,
         dropout_rate=dropout, dropout_rng=rng, attention_dropout_rate=attention_dropout, dtype=dtype)
-    pooled = out.pooled if out.pooled is not None else out.hidden[:, 0]
+    pooled = head_features(out, batch["attention_mask"], head_input)
     if rng is not None:
       pooled = jnp.where(jax.random.bernoulli(jax.random.fold_in(rng, 1), 1 - dropout, pooled.shape),
                          pooled / (1 - dropout), 0.0)
@@ -116,14 +131,15 @@ def step_functions(graphdef, task: glue.Task, dropout: float, attention_dropout:
 
 @functools.lru_cache(maxsize=64)
 def make_functions(encoder_config: EncoderConfig, task: glue.Task, dropout: float, attention_dropout: float,
-                   mesh: jax.sharding.Mesh, dtype=jnp.float32):
+                   mesh: jax.sharding.Mesh, dtype=jnp.float32, head_input: str = "pooler"):
   """Jitted (optimizer, train_step, predict) for an encoder of `encoder_config` + a head, batch
   sharded over the mesh. The schedule (peak, warmup, total steps) enters the step as values, so
   every learning rate, training-set size and seed, and every model of the same architecture (a
   searched student and its baselines), reuses one compilation per input shape."""
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: BertEncoder(encoder_config, rngs=nnx.Rngs(0))))
   optimizer = make_optimizer()
-  train_step, predict = step_functions(graphdef, task, dropout, attention_dropout, optimizer, dtype)
+  train_step, predict = step_functions(graphdef, task, dropout, attention_dropout, optimizer, dtype,
+                                       head_input)
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   train_step = jax.jit(train_step, in_shardings=(rep, rep, data, rep, rep),
                        out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
@@ -132,13 +148,15 @@ def make_functions(encoder_config: EncoderConfig, task: glue.Task, dropout: floa
 
 @functools.lru_cache(maxsize=64)
 def make_seed_functions(encoder_config: EncoderConfig, task: glue.Task, dropout: float,
-                        attention_dropout: float, mesh: jax.sharding.Mesh, dtype=jnp.float32):
+                        attention_dropout: float, mesh: jax.sharding.Mesh, dtype=jnp.float32,
+                        head_input: str = "pooler"):
   """make_functions for several seeds side by side: parameters and optimizer state carry a leading
   seed axis, a batch is [batch, seed, ...] (sharded over the mesh on its batch axis), and each seed's
   dropout key is fold_in(its base key, step), as finetune draws it."""
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: BertEncoder(encoder_config, rngs=nnx.Rngs(0))))
   optimizer = make_optimizer()
-  train_step, predict = step_functions(graphdef, task, dropout, attention_dropout, optimizer, dtype)
+  train_step, predict = step_functions(graphdef, task, dropout, attention_dropout, optimizer, dtype,
+                                       head_input)
 
   def seeds_step(params, opt_state, batch, base_keys, step, schedule):
     one = lambda p, o, b, k: train_step(p, o, b, jax.random.fold_in(k, step), schedule)
@@ -225,7 +243,8 @@ def finetune(encoder: BertEncoder, task: glue.Task, train: dict[str, np.ndarray]
   """One fine-tuning run; the best epoch is chosen on the first dev split's main score."""
   steps_per_epoch = _steps_per_epoch(task, train, cfg, mesh)
   optimizer, train_step, predict = make_functions(
-      encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh)
+      encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh,
+      head_input=cfg.get("head_input", "pooler"))
   schedule = schedule_values(mesh, learning_rate, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
   params = {"encoder": get_params(encoder),
             "head": init_head(encoder.config.hidden, task.num_labels, seed,
@@ -263,7 +282,8 @@ def finetune_seeds(encoder: BertEncoder, task: glue.Task, train: dict[str, np.nd
   which units dropout drops (the same run with pad_multiple 0 or without dropout)."""
   steps_per_epoch = _steps_per_epoch(task, train, cfg, mesh)
   optimizer, train_step, predict = make_seed_functions(
-      encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh)
+      encoder.config, task, float(cfg.dropout), float(cfg.attention_dropout), mesh,
+      head_input=cfg.get("head_input", "pooler"))
   schedule = schedule_values(mesh, learning_rate, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
   encoder_params = get_params(encoder)
   bias = head_bias(task, train["labels"], cfg.regression_bias)

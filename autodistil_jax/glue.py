@@ -18,6 +18,11 @@ import numpy as np
 
 # config.glue.regression_bias: where a regression head's bias starts (finetune.head_bias).
 REGRESSION_BIAS = ("zero", "label_mean")
+# What the GLUE head reads (config.glue.head_input): "pooler", BERT's tanh(dense([CLS])) (the
+# [CLS] state where the model has no pooler), as transformers' BertForSequenceClassification;
+# "cls", the last layer's [CLS] state; "mean", the mean of the last layer's states over the real
+# tokens (sentence-transformers' pooling, what a sentence-encoder teacher was trained to give).
+HEAD_INPUTS = ("pooler", "cls", "mean")
 
 
 @dataclasses.dataclass(frozen=True)

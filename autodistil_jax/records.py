@@ -40,7 +40,9 @@ _IGNORED = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints
             "search.proxy.student_batching", "glue.seed_batching")
 # Keys added after records began, with the value that reproduces what a record without them was
 # made with: an older workdir stays valid under the default.
-_ADDED_KEYS = {"train.embedding_relation_weight": 0.0}
+_ADDED_KEYS = {"train.embedding_relation_weight": 0.0,
+               # a GLUE result's inputs hold config.glue's keys unprefixed (finetune_stage)
+               "glue.head_input": "pooler", "head_input": "pooler"}
 # Files larger than this are identified by size and modification time instead of their bytes.
 _HASH_LIMIT = 512 * 2**20
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from autodistil_jax.glue import REGRESSION_BIAS
+from autodistil_jax.glue import HEAD_INPUTS, REGRESSION_BIAS
 
 # key -> (kind, check, what it must be). kind: "int", "float", "str", "bool", "ints", "floats",
 # "strs" (a list or tuple of those).
@@ -49,6 +49,7 @@ RULES: dict[str, _Rule] = {
     "glue.warmup_ratio": _RATE, "glue.seq_len": _SEQ_LEN, "glue.pad_multiple": _COUNT,
     "glue.seed_batching": ("str", lambda v: v in ("auto", "vmap", "sequential"), "auto, vmap or sequential"),
     "glue.regression_bias": ("str", lambda v: v in REGRESSION_BIAS, "zero or label_mean"),
+    "glue.head_input": ("str", lambda v: v in HEAD_INPUTS, "pooler, cls or mean"),
     "glue.dropout": _RATE, "glue.attention_dropout": _RATE, "glue.max_train_examples": _COUNT,
     "evaluate.probe_train_examples": _COUNT, "evaluate.sts_examples": _COUNT,
     "evaluate.seq_len": _SEQ_LEN, "evaluate.batch_size": _POSITIVE_INT,

@@ -1,5 +1,5 @@
 """experiments/parameter_movement.py, search_validation.py and regression_bias.py on a SuperLM of
-the seconds-long test config."""
+the seconds-long test config; head_input.py on a slice of the teacher; every program's flags."""
 
 import json
 import os
@@ -119,6 +119,32 @@ def test_regression_bias_starts_the_head_at_the_label_mean(data_dir, tmp_path):
   assert min(first[:2]) > 2 * max(first[2:])  # the offset is what a zero bias must first learn
 
 
+@pytest.mark.slow
+def test_head_input_fine_tunes_each_head_input_and_reuses_its_results(teacher, teacher_dir, data_dir,
+                                                                     tmp_path):
+  """experiments/head_input.py on a small slice of the teacher: one STS-B result per head input,
+  each made with its own config.glue.head_input, in one table; a re-run trains nothing again."""
+  from autodistil_jax import export, model
+  from autodistil_jax.search_space import Arch
+
+  student = export.export_student(model.extract_student(teacher, Arch(1, 64, 1.0, 2)), Arch(1, 64, 1.0, 2),
+                                  tmp_path / "student", teacher_dir=teacher_dir, teacher_name="t",
+                                  subspace="t", seq_len=64)
+  flags = [f"--workdir={tmp_path / 'w'}", f"--data_dir={data_dir}", f"--models={student}",
+           "--head_inputs=mean,pooler", "--config.glue.max_train_examples=64", "--config.glue.epochs=1",
+           "--config.glue.seq_len=64", f"--out={tmp_path / 'out'}"]
+  run_experiment("head_input.py", flags, 600)
+  results = {h: tmp_path / "w" / h / "glue" / "student" / "stsb" / "results.json" for h in ("mean", "pooler")}
+  stored = {h: json.loads(path.read_text()) for h, path in results.items()}
+  assert {h: r["inputs"]["head_input"] for h, r in stored.items()} == {"mean": "mean", "pooler": "pooler"}
+  assert stored["mean"]["runs"][0]["epochs"] != stored["pooler"]["runs"][0]["epochs"]
+  rows = [line for line in (tmp_path / "out" / "results.md").read_text().splitlines()
+          if line.startswith("| student |")]
+  assert [r.split(" | ")[1] for r in rows] == ["mean", "pooler"] and "not run" not in "".join(rows)
+  again = run_experiment("head_input.py", flags, 600)
+  assert "step/s" not in again.stderr and {h: json.loads(p.read_text()) for h, p in results.items()} == stored
+
+
 @pytest.mark.parametrize("flag, message", [("--variants=paper,nope", "unknown variants ['nope']"),
                                            ("--steps=20,x", "--steps: ['x'] are not positive")])
 def test_learning_curves_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp_path, flag, message):
@@ -151,6 +177,7 @@ PROGRAMS_AND_REQUIRED_FLAGS = {
   "experiments/regression_bias.py": ["--workdir={tmp}/w", "--out={tmp}/o", "--arch=6,288,2.5,12"],
   "experiments/search_validation.py": ["--workdir={tmp}/w", "--out={tmp}/o"],
   "experiments/gpu_bundle.py": ["--data_dir={tmp}/d", "--out={tmp}/o", "--nowheels"],
+  "experiments/head_input.py": ["--workdir={tmp}/w", "--data_dir={tmp}/d", "--teacher"],
 }
 
 

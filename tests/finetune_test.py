@@ -135,3 +135,27 @@ def test_a_regression_head_starts_at_the_label_mean_only_when_asked():
   assert np.array_equal(head["kernel"], finetune.init_head(8, 1, 0)["kernel"])  # only the bias moves
   with pytest.raises(ValueError, match="regression_bias='median' must be one of zero, label_mean"):
     finetune.head_bias(stsb, labels, "median")
+
+
+def test_the_head_reads_the_pooler_the_cls_state_or_the_mean_of_real_tokens(teacher, sst2):
+  """config.glue.head_input: "pooler" is BERT's pooled [CLS], "cls" the last layer's [CLS] state,
+  "mean" the mean over real tokens only (the suite's mean pooling; more padding changes nothing)."""
+  from autodistil_jax import measures
+
+  _, train, _ = sst2
+  batch = {k: v[:4, :24] for k, v in train.items() if k != "labels"}
+  wider = {k: np.pad(v, [(0, 0), (0, 40)]) for k, v in batch.items()}  # 40 more padding columns
+  student = extract_student(teacher, Arch(2, 96, 2.0, 3))
+  features = lambda b, mode: np.asarray(finetune.head_features(
+      student(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["attention_mask"], mode))
+  out = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+  assert out.pooled is not None  # the teacher (and its slices) carry BERT's pooler
+  np.testing.assert_allclose(features(batch, "pooler"), out.pooled, rtol=1e-6)
+  np.testing.assert_allclose(features(batch, "cls"), out.hidden[:, 0], rtol=1e-6)
+  mean = measures.pool(out.hidden, batch["attention_mask"], "mean")
+  np.testing.assert_allclose(features(batch, "mean"), mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(features(wider, "mean"), mean, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(features(batch, "mean"), features(batch, "cls"), atol=1e-3)
+  with pytest.raises(ValueError, match="head_input='max' must be one of pooler, cls, mean"):
+    finetune.step_functions(None, glue.get_task("sst2"), 0.0, 0.0, finetune.make_optimizer(),
+                            head_input="max")

@@ -203,6 +203,8 @@ MORE_CASES = [
      "config.glue.epochs=0 must be an integer >= 1"),
     ("GLUE regression bias unknown", "finetune", {"data.glue_dir": "@glue", "glue.regression_bias": "median"},
      "config.glue.regression_bias='median' must be zero or label_mean"),
+    ("GLUE head input unknown", "finetune", {"data.glue_dir": "@glue", "glue.head_input": "max"},
+     "config.glue.head_input='max' must be pooler, cls or mean"),
     ("GLUE warmup ratio above 1", "finetune", {"data.glue_dir": "@glue", "glue.warmup_ratio": 1.5},
      "config.glue.warmup_ratio=1.5 must be"),
     ("evaluation batch of 0", "evaluate", {"data.glue_dir": "@glue", "evaluate.batch_size": 0},

@@ -152,6 +152,10 @@ def test_records_name_every_changed_key_and_files_by_content(tmp_path):
   assert records.check(path, {**old, "train.embedding_relation_weight": 0.0}, "x", "")
   with pytest.raises(records.StaleInputs, match=r"embedding_relation_weight \(0.0 -> 1.0\)"):
     records.check(path, {**old, "train.embedding_relation_weight": 1.0}, "x", "")
+  # A GLUE result's inputs (config.glue's keys, unprefixed) made before head_input existed.
+  assert records.changed_keys({"epochs": 3}, {"epochs": 3, "head_input": "pooler"}) == []
+  assert records.changed_keys({"epochs": 3}, {"epochs": 3, "head_input": "mean"}) == [
+      'head_input ("pooler" -> "mean")']
 
 
 # Path pieces of a run directory: only workdir.py may join them onto a directory.
