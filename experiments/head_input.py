@@ -22,10 +22,11 @@ import pathlib
 import sys
 
 import ml_collections
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from autodistil_jax import cli
+from autodistil_jax import cli, glue
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -46,8 +47,6 @@ flags.mark_flags_as_required(["workdir", "data_dir"])
 
 def _settings() -> list[str]:
   """The head inputs after one clear line about any bad flag, before any work."""
-  from autodistil_jax import glue
-
   if bad := [h for h in _HEAD_INPUTS.value if h not in glue.HEAD_INPUTS]:
     raise ValueError(f"--head_inputs: {bad} not in {', '.join(glue.HEAD_INPUTS)}")
   if missing := [m for m in _MODELS.value if not (pathlib.Path(m) / "config.json").is_file()]:
@@ -58,7 +57,7 @@ def _settings() -> list[str]:
 
 
 def main() -> None:
-  from autodistil_jax import finetune_stage, glue, validate
+  from autodistil_jax import finetune_stage, validate
   from autodistil_jax.workdir import Workdir
 
   head_inputs = _settings()
@@ -89,8 +88,9 @@ def report(root: pathlib.Path, models: list[str], head_inputs: list[str], tasks:
   from autodistil_jax.workdir import Workdir
 
   lines = ["# What the GLUE head reads", "", f"`{invocation('experiments/head_input.py')}`", "",
-           "Dev scores x100 (STS-B: Spearman; CoLA: Matthews; else accuracy/F1 as GLUE), mean ± std "
-           "over seeds, the best epoch of each run; seconds: all seeds, compiles included.", "",
+           "Each task's GLUE dev score x100 (the mean of its metrics: Pearson and Spearman for STS-B, "
+           "F1 and accuracy for MRPC, Matthews for CoLA, else accuracy) at each run's best epoch, mean "
+           "± std over seeds; then the seed mean by epoch; seconds: all seeds, compiles included.", "",
            "| model | head input | " + " | ".join(tasks) + " | seconds |",
            "|---|---|" + "---|" * len(tasks) + "---|"]
   for model in models:
@@ -99,11 +99,18 @@ def report(root: pathlib.Path, models: list[str], head_inputs: list[str], tasks:
       for task in tasks:
         path = wd.glue_result(model, task)
         result = json.loads(path.read_text()) if path.is_file() else None
-        cells.append(f"{100 * result['score_mean']:.1f} ± {100 * result['score_std']:.1f} "
-                     f"(n={len(result['runs'])})" if result else "not run")
+        cells.append(_cell(glue.get_task(task), result) if result else "not run")
         seconds += result["seconds"] if result else 0.0
       lines.append(f"| {model} | {head_input} | " + " | ".join(cells) + f" | {seconds:.0f} |")
   return "\n".join(lines) + "\n"
+
+
+def _cell(task, result: dict) -> str:
+  """'mean ± std (n=seeds; by epoch a, b, c)' of one stored result, x100."""
+  by_epoch = np.mean([[glue.main_score(task, next(iter(e.values()))) for e in run["epochs"]]
+                      for run in result["runs"]], axis=0)
+  return (f"{100 * result['score_mean']:.1f} ± {100 * result['score_std']:.1f} (n={len(result['runs'])}; "
+          f"by epoch {', '.join(f'{100 * x:.1f}' for x in by_epoch)})")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ One command runs the whole experiment, resumably (each finished piece is skipped
 1. transfer set: WikiText-2 valid+test, Tiny Shakespeare and the GLUE training sentences;
 2. SuperLMs of the demo sub-spaces (train), search, and the students selected per FLOPs budget;
 3. GLUE fine-tuning, 3 seeds per cell, first of the claim's cells on every task: the teacher, the
-   searched students, and (b) sliced from the teacher and (d) randomly initialised of the first
-   budget's student (so a cut-short run still gives the verdict);
+   searched students, (b) sliced from the teacher of every budget's student and (d) randomly
+   initialised of the first budget's (so a cut-short run still gives the verdict);
 4. (c) of each selected architecture, distilled alone with the same objective and steps (a
    one-student sub-space: no weight sharing);
 5. the evaluation suite (no fine-tuning) on the teacher, the searched students and all baselines;
@@ -81,10 +81,11 @@ def main() -> None:
       config, wd, teacher, these, kinds, corpus=lambda: pipeline.load_split_corpus(config, wd),
       mesh=parallel.make_mesh(), alone_inputs=lambda c, n: pipeline.stage_inputs(c, "train", n),
       timed=timer.run)]
-  # The claim's cells first, on every task: the teacher, the searched students, and (b) and (d) of
-  # the first budget's student. A run cut short still gives the verdict; then (c), which needs its
-  # own distillation runs, and all the rest.
-  claim_models = build(("sliced", "random"), archs[:1])
+  # The claim's cells first, on every task: the teacher, the searched students, (b) of every
+  # budget's student (slicing costs nothing, and each budget's verdict needs it) and (d) of the
+  # first's. A run cut short still gives the verdict; then (c), which needs its own distillation
+  # runs, and all the rest.
+  claim_models = build(("sliced", "random"), archs[:1]) + build(("sliced",), archs[1:])
 
   def finetune_all(models: list[str]) -> None:
     for task in tasks:  # one task at a time over its models: a cut-short run compares like with like
