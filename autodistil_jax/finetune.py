@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from autodistil_jax import glue, parallel
+from autodistil_jax import glue, measures, parallel
 from autodistil_jax.model import BertEncoder, EncoderConfig, get_params
 
 
@@ -79,16 +79,18 @@ def make_optimizer() -> optax.GradientTransformation:
                                                weight_decay=0.0)
 
 
+def check_head_input(head_input: str) -> None:
+  if head_input not in glue.HEAD_INPUTS:
+    raise ValueError(f"head_input={head_input!r} must be one of {', '.join(glue.HEAD_INPUTS)}")
+
+
 def head_features(out, attention_mask: jax.Array, head_input: str) -> jax.Array:
-  """[B, hidden] what the head reads from an encoder's output (glue.HEAD_INPUTS)."""
+  """[B, hidden] what the head reads from an encoder's output (glue.HEAD_INPUTS); the "cls" and
+  "mean" readouts are the evaluation suite's (measures.pool), in fp32."""
+  check_head_input(head_input)
   if head_input == "pooler":
     return out.pooled if out.pooled is not None else out.hidden[:, 0]
-  if head_input == "cls":
-    return out.hidden[:, 0]
-  if head_input == "mean":
-    mask = attention_mask[..., None].astype(jnp.float32)
-    return (out.hidden.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
-  raise ValueError(f"head_input={head_input!r} must be one of {', '.join(glue.HEAD_INPUTS)}")
+  return measures.pool(out.hidden.astype(jnp.float32), attention_mask, head_input)
 
 
 def step_functions(graphdef, task: glue.Task, dropout: float, attention_dropout: float,
@@ -96,8 +98,7 @@ def step_functions(graphdef, task: glue.Task, dropout: float, attention_dropout:
   """Un-jitted (train_step, predict) of an encoder + a head on `head_input` (head_features).
   `arch` (None: the encoder at full size) runs one student of a SuperLM, so the proxy search
   (proxy.py) vmaps the very step that fine-tunes an exported student."""
-  if head_input not in glue.HEAD_INPUTS:
-    raise ValueError(f"head_input={head_input!r} must be one of {', '.join(glue.HEAD_INPUTS)}")
+  check_head_input(head_input)
 
   def logits_fn(params, batch, rng, arch):
     out = nnx.merge(graphdef, params["encoder"])(
