@@ -64,7 +64,8 @@ def main() -> None:
   tasks = [glue.get_task(t).name for t in _TASKS.value]
   root = pathlib.Path(_WORKDIR.value)
   config = _CONFIG.value
-  config.data.glue_dir = str(pathlib.Path(_DATA_DIR.value).expanduser().absolute() / "glue")
+  data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
+  config.data.glue_dir = str(data_dir / "glue")
   config.glue.seeds = tuple(int(s) for s in _SEEDS.value)
   config.glue.include_teacher = _TEACHER.value
   config.glue.models = tuple(str(pathlib.Path(m).absolute()) for m in _MODELS.value)

@@ -126,6 +126,7 @@ def test_head_input_fine_tunes_each_head_input_and_reuses_its_results(teacher, t
   each made with its own config.glue.head_input, in one table; a re-run trains nothing again."""
   from autodistil_jax import export, model
   from autodistil_jax.search_space import Arch
+  from autodistil_jax.workdir import Workdir
 
   student = export.export_student(model.extract_student(teacher, Arch(1, 64, 1.0, 2)), Arch(1, 64, 1.0, 2),
                                   tmp_path / "student", teacher_dir=teacher_dir, teacher_name="t",
@@ -134,7 +135,7 @@ def test_head_input_fine_tunes_each_head_input_and_reuses_its_results(teacher, t
            "--head_inputs=mean,pooler", "--config.glue.max_train_examples=64", "--config.glue.epochs=1",
            "--config.glue.seq_len=64", f"--out={tmp_path / 'out'}"]
   run_experiment("head_input.py", flags, 600)
-  results = {h: tmp_path / "w" / h / "glue" / "student" / "stsb" / "results.json" for h in ("mean", "pooler")}
+  results = {h: Workdir.at(tmp_path / "w" / h).glue_result("student", "stsb") for h in ("mean", "pooler")}
   stored = {h: json.loads(path.read_text()) for h, path in results.items()}
   assert {h: r["inputs"]["head_input"] for h, r in stored.items()} == {"mean": "mean", "pooler": "pooler"}
   assert stored["mean"]["runs"][0]["epochs"] != stored["pooler"]["runs"][0]["epochs"]
