@@ -53,12 +53,14 @@ def _settings() -> list[str]:
     raise ValueError(f"--models: no config.json in {missing}")
   if not _MODELS.value and not _TEACHER.value:
     raise ValueError("nothing to fine-tune: pass --models and/or --teacher")
+  if bad := [s for s in _SEEDS.value if not s.isdigit()]:
+    raise ValueError(f"--seeds: {bad} are not integers >= 0")
   return list(dict.fromkeys(_HEAD_INPUTS.value))
 
 
 def main() -> None:
   from autodistil_jax import finetune_stage, validate
-  from autodistil_jax.workdir import Workdir
+  from autodistil_jax.workdir import Workdir, write_text_atomic
 
   head_inputs = _settings()
   tasks = [glue.get_task(t).name for t in _TASKS.value]
@@ -80,7 +82,7 @@ def main() -> None:
   names = (["teacher"] if _TEACHER.value else []) + [pathlib.Path(m).name for m in _MODELS.value]
   out = pathlib.Path(_OUT.value or root)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "results.md").write_text(report(root, names, head_inputs, tasks), encoding="utf-8")
+  write_text_atomic(out / "results.md", report(root, names, head_inputs, tasks))
   print(f"[head_input] report: {out / 'results.md'}")
 
 

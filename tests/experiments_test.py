@@ -146,6 +146,17 @@ def test_head_input_fine_tunes_each_head_input_and_reuses_its_results(teacher, t
   assert "step/s" not in again.stderr and {h: json.loads(p.read_text()) for h, p in results.items()} == stored
 
 
+@pytest.mark.parametrize("flag, message", [("--head_inputs=pooler,max", "--head_inputs: ['max'] not in"),
+                                           ("--seeds=0,one", "--seeds: ['one'] are not integers")])
+def test_head_input_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp_path, flag, message):
+  command = [sys.executable, str(ROOT / "experiments" / "head_input.py"), f"--workdir={tmp_path / 'w'}",
+             f"--data_dir={data_dir}", "--teacher", f"--out={tmp_path / 'out'}", flag]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+  assert done.stderr.startswith("error: ") and message in done.stderr
+  assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flag, message", [("--variants=paper,nope", "unknown variants ['nope']"),
                                            ("--steps=20,x", "--steps: ['x'] are not positive")])
 def test_learning_curves_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp_path, flag, message):
