@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from train_test import _flat, tiny_config
 
 from autodistil_jax import data, parallel, train
@@ -22,6 +23,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # about 67 s on 2 cores: in CI's slow step, keeping the default run short
 def test_two_processes_match_one(teacher, teacher_dir, data_dir, tmp_path):
   corpus = str(data_dir / "wikitext-2" / "valid.txt")
   port = _free_port()

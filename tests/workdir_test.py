@@ -65,6 +65,7 @@ def test_changed_settings_are_named_and_refused_and_redo_replaces_keeping_the_ol
   assert wrong.returncode == 2 and "--redo=train is not a stage that --mode=search runs" in wrong.stderr
 
 
+@pytest.mark.slow  # about 75 s on 2 cores: in CI's slow step, keeping the default run short
 def test_glue_results_are_reused_only_for_the_same_inputs_and_finite_scores(corpus, data_dir, tmp_path):
   glue = tmp_path / "glue_data"
   for task in ("RTE", "STS-B"):
