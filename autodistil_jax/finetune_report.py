@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from autodistil_jax import glue
 from autodistil_jax.workdir import Workdir
 
 # A task counts as learnt when a model beats one that learnt nothing by this many points.
@@ -69,3 +70,12 @@ def write_summary(wd: Workdir, models: list[str], tasks: list[str]) -> Path:
   if jax.process_index() == 0:
     print("\n".join(lines))
   return wd.glue_summary("md")
+
+
+def seed_mean_cell(task: glue.Task, result: dict) -> str:
+  """'mean ± std (n=seeds; by epoch a, b, c)' of one stored (model, task) result, x100: what an
+  experiment's page shows of a cell."""
+  by_epoch = np.mean([[glue.main_score(task, next(iter(e.values()))) for e in run["epochs"]]
+                      for run in result["runs"]], axis=0)
+  return (f"{100 * result['score_mean']:.1f} ± {100 * result['score_std']:.1f} (n={len(result['runs'])}; "
+          f"by epoch {', '.join(f'{100 * x:.1f}' for x in by_epoch)})")

@@ -22,7 +22,6 @@ import pathlib
 import sys
 
 import ml_collections
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -88,6 +87,7 @@ def main() -> None:
 
 def report(root: pathlib.Path, models: list[str], head_inputs: list[str], tasks: list[str]) -> str:
   """The results page: model x head input rows, mean ± std over seeds per task, and seconds."""
+  from autodistil_jax.finetune_report import seed_mean_cell
   from autodistil_jax.workdir import Workdir
 
   lines = ["# What the GLUE head reads", "", f"`{invocation('experiments/head_input.py')}`", "",
@@ -102,18 +102,10 @@ def report(root: pathlib.Path, models: list[str], head_inputs: list[str], tasks:
       for task in tasks:
         path = wd.glue_result(model, task)
         result = json.loads(path.read_text()) if path.is_file() else None
-        cells.append(_cell(glue.get_task(task), result) if result else "not run")
+        cells.append(seed_mean_cell(glue.get_task(task), result) if result else "not run")
         seconds += result["seconds"] if result else 0.0
       lines.append(f"| {model} | {head_input} | " + " | ".join(cells) + f" | {seconds:.0f} |")
   return "\n".join(lines) + "\n"
-
-
-def _cell(task, result: dict) -> str:
-  """'mean ± std (n=seeds; by epoch a, b, c)' of one stored result, x100."""
-  by_epoch = np.mean([[glue.main_score(task, next(iter(e.values()))) for e in run["epochs"]]
-                      for run in result["runs"]], axis=0)
-  return (f"{100 * result['score_mean']:.1f} ± {100 * result['score_std']:.1f} (n={len(result['runs'])}; "
-          f"by epoch {', '.join(f'{100 * x:.1f}' for x in by_epoch)})")
 
 
 if __name__ == "__main__":

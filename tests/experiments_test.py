@@ -1,5 +1,6 @@
 """experiments/parameter_movement.py, search_validation.py and regression_bias.py on a SuperLM of
-the seconds-long test config; head_input.py on a slice of the teacher; every program's flags."""
+the seconds-long test config; head_input.py and slice_ablation.py on slices of the teacher;
+every program's flags."""
 
 import json
 import os
@@ -157,6 +158,42 @@ def test_head_input_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp
   assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_slice_ablation_slices_each_arch_fine_tunes_it_and_reuses_both(data_dir, tmp_path):
+  """experiments/slice_ablation.py: each --arch sliced from the teacher (its layers, width and heads
+  cut as asked), fine-tuned, in one table; a re-run slices and trains nothing again."""
+  from autodistil_jax import hf_io
+  from autodistil_jax.workdir import Workdir
+
+  flags = [f"--workdir={tmp_path / 'w'}", f"--data_dir={data_dir}", "--arch=1,64,1,2", "--arch=2,96,2,3",
+           "--config.glue.max_train_examples=64", "--config.glue.epochs=1", "--config.glue.seq_len=64",
+           f"--out={tmp_path / 'out'}"]
+  run_experiment("slice_ablation.py", flags, 600)
+  wd = Workdir.at(tmp_path / "w")
+  shapes = [hf_io.read_config(wd.baseline_dir("sliced", name)) for name in ("L1_H64_R1_A2", "L2_H96_R2_A3")]
+  assert [(c.depth, c.hidden, c.ffn, c.heads) for c in shapes] == [(1, 64, 64, 2), (2, 96, 192, 3)]
+  results = [wd.glue_result(f"sliced-{name}", "stsb") for name in ("L1_H64_R1_A2", "L2_H96_R2_A3")]
+  stored = [json.loads(path.read_text()) for path in results]
+  rows = [line for line in (tmp_path / "out" / "results.md").read_text().splitlines()
+          if line.startswith("| sliced-")]
+  assert [r.split(" | ")[0] for r in rows] == ["| sliced-L1_H64_R1_A2", "| sliced-L2_H96_R2_A3"]
+  assert "not run" not in "".join(rows) and stored[0]["flops"] < stored[1]["flops"]
+  again = run_experiment("slice_ablation.py", flags, 600)
+  assert "step/s" not in again.stderr and [json.loads(p.read_text()) for p in results] == stored
+
+
+@pytest.mark.parametrize("flag, message", [("--arch=6,176,2.5", "--arch='6,176,2.5' is not 'L,H,R,A'"),
+                                           ("--arch=6,176,2.5,16", "max heads is 16 but the teacher has 12"),
+                                           ("--seeds=0,one", "--seeds: ['one'] are not integers")])
+def test_slice_ablation_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp_path, flag, message):
+  command = [sys.executable, str(ROOT / "experiments" / "slice_ablation.py"), f"--workdir={tmp_path / 'w'}",
+             f"--data_dir={data_dir}", "--arch=1,64,1,2", f"--out={tmp_path / 'out'}", flag]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+  assert done.stderr.startswith("error: ") and message in done.stderr
+  assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flag, message", [("--variants=paper,nope", "unknown variants ['nope']"),
                                            ("--steps=20,x", "--steps: ['x'] are not positive")])
 def test_learning_curves_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp_path, flag, message):
@@ -190,6 +227,7 @@ PROGRAMS_AND_REQUIRED_FLAGS = {
   "experiments/search_validation.py": ["--workdir={tmp}/w", "--out={tmp}/o"],
   "experiments/gpu_bundle.py": ["--data_dir={tmp}/d", "--out={tmp}/o", "--nowheels"],
   "experiments/head_input.py": ["--workdir={tmp}/w", "--data_dir={tmp}/d", "--teacher"],
+  "experiments/slice_ablation.py": ["--workdir={tmp}/w", "--data_dir={tmp}/d", "--arch=1,64,1,2"],
 }
 
 
