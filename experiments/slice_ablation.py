@@ -65,7 +65,8 @@ def main() -> None:
   archs = _archs(hf_io.resolve_checkpoint(config.teacher))
   tasks = [glue.get_task(t).name for t in _TASKS.value]
   root = pathlib.Path(_WORKDIR.value)
-  config.data.glue_dir = str(pathlib.Path(_DATA_DIR.value).expanduser().absolute() / "glue")
+  data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
+  config.data.glue_dir = str(data_dir / "glue")
   config.glue.seeds = tuple(int(s) for s in _SEEDS.value)
   config.glue.include_teacher = False
   config.glue.tasks = tuple(tasks)
