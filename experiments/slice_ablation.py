@@ -7,8 +7,10 @@ teacher with no training (experiment (b) of the headline) and fine-tuned under t
 protocol (configs/headline.py, overrides as on launch/main.py), resumably:
 
   python experiments/slice_ablation.py --workdir=runs/slice_ablation --data_dir=../shared/data \
-      --arch=6,176,2.5,10 --arch=6,176,2.5,12 --arch=6,384,4,10 --tasks=stsb --seeds=0 \
-      --out=docs/slice_ablation
+      --arch=6,176,2.5,10 --arch=6,176,2.5,12 --arch=6,288,2.5,10 --arch=6,288,2.5,12 \
+      --arch=4,272,2,9 --arch=6,232,2.5,10 --tasks=stsb --seeds=0 --out=docs/slice_ablation
+
+(3311 s of fine-tuning for these six on a 2-core CPU, 462-618 s each; docs/slice_ablation.)
 
 The slices go to <workdir>/baselines/sliced-<arch> (kept when present), each (model, task) result
 to the finetune stage's results.json (reused while its inputs match). Writes <out>/results.md: one

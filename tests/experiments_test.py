@@ -147,11 +147,21 @@ def test_head_input_fine_tunes_each_head_input_and_reuses_its_results(teacher, t
   assert "step/s" not in again.stderr and {h: json.loads(p.read_text()) for h, p in results.items()} == stored
 
 
-@pytest.mark.parametrize("flag, message", [("--head_inputs=pooler,max", "--head_inputs: ['max'] not in"),
-                                           ("--seeds=0,one", "--seeds: ['one'] are not integers")])
-def test_head_input_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp_path, flag, message):
-  command = [sys.executable, str(ROOT / "experiments" / "head_input.py"), f"--workdir={tmp_path / 'w'}",
-             f"--data_dir={data_dir}", "--teacher", f"--out={tmp_path / 'out'}", flag]
+# (script, the flag that makes its command complete, a bad flag, what its one line says)
+BAD_FLAGS = [("head_input.py", "--teacher", "--head_inputs=pooler,max", "--head_inputs: ['max'] not in"),
+             ("head_input.py", "--teacher", "--seeds=0,one", "--seeds: ['one'] are not integers"),
+             ("slice_ablation.py", "--arch=1,64,1,2", "--arch=6,176,2.5",
+              "--arch='6,176,2.5' is not 'L,H,R,A'"),
+             ("slice_ablation.py", "--arch=1,64,1,2", "--arch=6,176,2.5,16",
+              "max heads is 16 but the teacher has 12"),
+             ("slice_ablation.py", "--arch=1,64,1,2", "--seeds=0,one", "--seeds: ['one'] are not integers")]
+
+
+@pytest.mark.parametrize("script, required, flag, message", BAD_FLAGS)
+def test_a_fine_tuning_experiment_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp_path, script,
+                                                                                 required, flag, message):
+  command = [sys.executable, str(ROOT / "experiments" / script), f"--workdir={tmp_path / 'w'}",
+             f"--data_dir={data_dir}", required, f"--out={tmp_path / 'out'}", flag]
   done = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
   assert done.stderr.startswith("error: ") and message in done.stderr
@@ -180,18 +190,6 @@ def test_slice_ablation_slices_each_arch_fine_tunes_it_and_reuses_both(data_dir,
   assert "not run" not in "".join(rows) and stored[0]["flops"] < stored[1]["flops"]
   again = run_experiment("slice_ablation.py", flags, 600)
   assert "step/s" not in again.stderr and [json.loads(p.read_text()) for p in results] == stored
-
-
-@pytest.mark.parametrize("flag, message", [("--arch=6,176,2.5", "--arch='6,176,2.5' is not 'L,H,R,A'"),
-                                           ("--arch=6,176,2.5,16", "max heads is 16 but the teacher has 12"),
-                                           ("--seeds=0,one", "--seeds: ['one'] are not integers")])
-def test_slice_ablation_refuses_bad_flags_in_one_line_before_any_write(data_dir, tmp_path, flag, message):
-  command = [sys.executable, str(ROOT / "experiments" / "slice_ablation.py"), f"--workdir={tmp_path / 'w'}",
-             f"--data_dir={data_dir}", "--arch=1,64,1,2", f"--out={tmp_path / 'out'}", flag]
-  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
-  assert done.stderr.startswith("error: ") and message in done.stderr
-  assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flag, message", [("--variants=paper,nope", "unknown variants ['nope']"),
