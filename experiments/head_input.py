@@ -29,6 +29,7 @@ from autodistil_jax import cli, glue
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
+import glue_protocol  # noqa: E402
 from timing import invocation  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "headline.py"),
@@ -52,8 +53,6 @@ def _settings() -> list[str]:
     raise ValueError(f"--models: no config.json in {missing}")
   if not _MODELS.value and not _TEACHER.value:
     raise ValueError("nothing to fine-tune: pass --models and/or --teacher")
-  if bad := [s for s in _SEEDS.value if not s.isdigit()]:
-    raise ValueError(f"--seeds: {bad} are not integers >= 0")
   return list(dict.fromkeys(_HEAD_INPUTS.value))
 
 
@@ -62,15 +61,11 @@ def main() -> None:
   from autodistil_jax.workdir import Workdir, write_text_atomic
 
   head_inputs = _settings()
-  tasks = [glue.get_task(t).name for t in _TASKS.value]
-  root = pathlib.Path(_WORKDIR.value)
   config = _CONFIG.value
-  data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
-  config.data.glue_dir = str(data_dir / "glue")
-  config.glue.seeds = tuple(int(s) for s in _SEEDS.value)
+  tasks = glue_protocol.apply(config, _DATA_DIR.value, _TASKS.value, _SEEDS.value)
+  root = pathlib.Path(_WORKDIR.value)
   config.glue.include_teacher = _TEACHER.value
   config.glue.models = tuple(str(pathlib.Path(m).absolute()) for m in _MODELS.value)
-  config.glue.tasks = tuple(tasks)
   configs = {}
   for head_input in head_inputs:  # every config checked (with its GLUE files) before any work
     configs[head_input] = ml_collections.ConfigDict(config.to_dict())

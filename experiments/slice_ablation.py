@@ -31,6 +31,7 @@ from autodistil_jax import cli, glue
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
+import glue_protocol  # noqa: E402
 from timing import invocation  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "headline.py"),
@@ -46,12 +47,10 @@ flags.mark_flags_as_required(["workdir", "data_dir", "arch"])
 
 def _archs(teacher_dir: pathlib.Path) -> list:
   """The --arch values, after one clear line about any that is malformed or larger than the
-  teacher, or about bad --seeds, before any work."""
+  teacher, before any work."""
   from autodistil_jax import hf_io
   from autodistil_jax.search_space import Arch, SubSpace
 
-  if bad := [s for s in _SEEDS.value if not s.isdigit()]:
-    raise ValueError(f"--seeds: {bad} are not integers >= 0")
   archs = list(dict.fromkeys(Arch.parse(text, "--arch") for text in _ARCHS.value))
   shape = hf_io.read_config(teacher_dir).teacher_shape
   for arch in archs:
@@ -65,13 +64,9 @@ def main() -> None:
 
   config = _CONFIG.value
   archs = _archs(hf_io.resolve_checkpoint(config.teacher))
-  tasks = [glue.get_task(t).name for t in _TASKS.value]
+  tasks = glue_protocol.apply(config, _DATA_DIR.value, _TASKS.value, _SEEDS.value)
   root = pathlib.Path(_WORKDIR.value)
-  data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
-  config.data.glue_dir = str(data_dir / "glue")
-  config.glue.seeds = tuple(int(s) for s in _SEEDS.value)
   config.glue.include_teacher = False
-  config.glue.tasks = tuple(tasks)
   validate.check(config, "finetune", ("finetune",), ("finetune",), str(root))
   wd = Workdir.at(root)
   models = [str(d) for d in baselines.build(config, wd, pipeline.load_teacher(config), archs, ("sliced",))]
