@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -62,11 +62,12 @@ def _reusable(path: Path, inputs: dict) -> str | None:
 
 
 def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[str] | None = None,
-              extra_models: Sequence[str] = ()) -> Path:
+              extra_models: Sequence[str] = (), on_result: Callable[[Path], None] | None = None) -> Path:
   """Fine-tunes every model (finetune_models) on `tasks` (default config.glue.tasks); one
   results.json per (model, task), reused on a re-run only when its inputs (result_inputs) match
   and its score is finite (others are moved aside to wd's replaced/ and recomputed), then the
-  summary table."""
+  summary table. `on_result` gets each results.json as soon as it is written (experiments keep a
+  copy with their report)."""
   if not config.data.glue_dir:
     raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root, "
                      "or tfds: for tensorflow-datasets)")
@@ -95,6 +96,8 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
           print(f"warning: {model_name} {task.name} scored {result['score_mean']} (not finite); "
                 "saved, and recomputed on the next run")
         write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+        if on_result is not None:
+          on_result(out)
         print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
               f"(+-{100 * result['score_std']:.1f}, lr {result['best_lr']:g})")
   if jax.process_index() == 0:

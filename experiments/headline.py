@@ -16,6 +16,10 @@ One command runs the whole experiment, resumably (each finished piece is skipped
    cut-short run still compares like with like);
 7. <out>/results.md and its figures (experiments/headline_report.py).
 
+With --out, every GLUE result and the wall times are also copied to <out>/workdir/ as they are
+written, to be committed with the report: a fresh checkout's run restores them first and re-runs
+only the cells whose inputs changed (experiments/kept_results.py).
+
 The config's argument picks the machine: configs/headline.py (CPU) or configs/headline.py:gpu
 (one GPU, about 10 minutes; experiments/headline_gpu.sh carries what it needs there).
 """
@@ -33,6 +37,7 @@ from autodistil_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))  # the experiments' own modules, beside this file
+from kept_results import KeptResults  # noqa: E402
 from timing import Timer, invocation  # noqa: E402
 from transfer import describe_transfer, with_transfer_set  # noqa: E402
 
@@ -56,7 +61,8 @@ def main() -> None:
   wd = Workdir.at(_WORKDIR.value)
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
   out = pathlib.Path(_OUT.value or wd.root)
-  timer = Timer(wd.experiment_file("headline", "timing.json"))
+  keep = _restore_kept(wd, out) if _OUT.value else None
+  timer = Timer(wd.experiment_file("headline", "timing.json"), on_write=keep)
   command = invocation("experiments/headline.py")
   glue_file = wd.experiment_file("headline", "glue_train.txt")
 
@@ -89,7 +95,7 @@ def main() -> None:
 
   def finetune_all(models: list[str]) -> None:
     for task in tasks:  # one task at a time over its models: a cut-short run compares like with like
-      timer.run(f"finetune {task}", finetune_stage.run_stage, config, wd, (task,), models)
+      timer.run(f"finetune {task}", finetune_stage.run_stage, config, wd, (task,), models, keep)
 
   finetune_all(claim_models)
   every = build(tuple(baselines.KINDS), archs)
@@ -104,6 +110,16 @@ def main() -> None:
                                       describe_transfer(config))
   archive()
   print(f"[headline] report: {path}")
+
+
+def _restore_kept(wd, out: pathlib.Path):
+  """Brings the results kept under `out` into the workdir where it lacks them; returns what keeps
+  each new one."""
+  kept = KeptResults(wd, out)
+  if restored := kept.restore():
+    print(f"[headline] {len(restored)} results restored from {kept.root} (each GLUE result is reused "
+          "only if its inputs, the model's files included, are unchanged)")
+  return kept.keep
 
 
 if __name__ == "__main__":

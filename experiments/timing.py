@@ -11,10 +11,11 @@ import time
 
 
 class Timer:
-  """Wall time per stage in `path` (JSON), summed over resumed runs; `label` prefixes its prints."""
+  """Wall time per stage in `path` (JSON), summed over resumed runs; `label` prefixes its prints;
+  `on_write` gets the path each time it is written."""
 
-  def __init__(self, path: pathlib.Path, label: str = "headline"):
-    self.path, self.label = path, label
+  def __init__(self, path: pathlib.Path, label: str = "headline", on_write=None):
+    self.path, self.label, self.on_write = path, label, on_write
     self.times = json.loads(path.read_text()) if path.is_file() else {}
 
   def run(self, stage: str, fn, *args):
@@ -23,6 +24,8 @@ class Timer:
     self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self.path.write_text(json.dumps(self.times, indent=2) + "\n")
+    if self.on_write is not None:
+      self.on_write(self.path)
     print(f"[{self.label}] {stage}: {self.times[stage]:.1f} s")
     return result
 

@@ -1,7 +1,9 @@
 """The issue-8 experiment end to end on the seconds-long test config (slow: about 2 CPU minutes)."""
 
+import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -34,6 +36,42 @@ def test_headline_experiment_runs_and_reports(data_dir, tmp_path):
   assert cells[3] < distil_alone < cells[-1], lines
   again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # all done: skipped
   assert again.returncode == 0 and "train alone" not in again.stdout and "[headline] report" in again.stdout
+  # A fresh checkout: the workdir is gone, the kept results are not. Retrained to the same weights,
+  # every model's cells are restored and reused, none fine-tuned again.
+  kept = sorted(p.relative_to(tmp_path / "docs" / "workdir").as_posix()
+                for p in (tmp_path / "docs" / "workdir").rglob("*.json"))
+  assert kept == ["glue/" + m + "/rte/results.json" for m in sorted(
+      line.split(" ")[0] for line in (lines[i] for i in cells))] + ["headline/timing.json"], kept
+  shutil.rmtree(tmp_path / "run")
+  fresh = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+  assert fresh.returncode == 0, fresh.stderr[-3000:]
+  assert f"[headline] {len(kept)} results restored" in fresh.stdout
+  assert not [line for line in fresh.stdout.splitlines() if " rte: " in line and "lr=" not in line
+              and not line.startswith("[headline]")], fresh.stdout[-3000:]
+  assert (tmp_path / "docs" / "results.md").read_text().count(" ± ") == report.count(" ± ")
+
+
+def test_kept_results_come_back_into_a_fresh_workdir_and_never_over_a_newer_record(tmp_path):
+  sys.path.insert(0, str(ROOT / "experiments"))
+  from kept_results import KeptResults
+
+  from autodistil_jax.workdir import Workdir
+
+  wd, out = Workdir.at(tmp_path / "run"), tmp_path / "docs"
+  result = wd.glue_result("teacher", "rte")
+  result.parent.mkdir(parents=True)
+  result.write_text(json.dumps({"score_mean": 0.6}))
+  KeptResults(wd, out).keep(result)
+  assert json.loads((out / "workdir" / "glue" / "teacher" / "rte" / "results.json").read_text()) == {
+      "score_mean": 0.6}
+  assert KeptResults(wd, out).restore() == []  # the workdir has it: nothing to bring back
+  result.write_text(json.dumps({"score_mean": 0.7}))  # recomputed here, not yet kept
+  assert KeptResults(wd, out).restore() == [] and json.loads(result.read_text())["score_mean"] == 0.7
+  shutil.rmtree(tmp_path / "run")
+  fresh = Workdir.at(tmp_path / "run")
+  assert KeptResults(fresh, out).restore() == [fresh.glue_result("teacher", "rte")]
+  assert json.loads(fresh.glue_result("teacher", "rte").read_text()) == {"score_mean": 0.6}
+  assert KeptResults(Workdir.at(tmp_path / "other"), tmp_path / "nothing_kept").restore() == []
 
 
 def _mean_pooled(checkpoint, sentences):
