@@ -39,14 +39,28 @@ def finetune_models(config: ml_collections.ConfigDict, wd: Workdir,
 
 # Settings a result does not depend on: which other tasks and models are run beside it.
 # seed_batching: how the seeds run, not what (finetune_seeds' docstring says how close).
-_NOT_INPUTS = ("tasks", "models", "include_teacher", "eval_batch_size", "seed_batching")
+# task_epochs: each task's own entry is already folded into `epochs` (task_settings).
+_NOT_INPUTS = ("tasks", "models", "include_teacher", "eval_batch_size", "seed_batching", "task_epochs")
+
+
+def task_epochs(g: ml_collections.ConfigDict, task_name: str) -> int:
+  """The epochs `task_name` is fine-tuned for: its glue.task_epochs entry, else glue.epochs."""
+  return int(g.get("task_epochs", {}).get(task_name, 0) or g.epochs)
+
+
+def task_settings(g: ml_collections.ConfigDict, task_name: str) -> ml_collections.ConfigDict:
+  """config.glue as one task is fine-tuned under it: `epochs` is that task's (task_epochs)."""
+  settings = ml_collections.ConfigDict(g.to_dict())
+  settings.epochs = task_epochs(g, task_name)
+  return settings
 
 
 def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, model_identity: str) -> dict:
-  """What one (model, task) result depends on: the fine-tuning settings, the seed, the task's
-  data and the model's files (records.checkpoint_identity). A stored result is reused only when
-  these match."""
-  settings = {k: v for k, v in records.flatten(config.glue).items() if k not in _NOT_INPUTS}
+  """What one (model, task) result depends on: the fine-tuning settings as that task gets them
+  (task_settings: another task's epochs do not count), the seed, the task's data and the model's
+  files (records.checkpoint_identity). A stored result is reused only when these match."""
+  flat = records.flatten(task_settings(config.glue, task.name))
+  settings = {k: v for k, v in flat.items() if k.split(".")[0] not in _NOT_INPUTS}
   return {**settings, "seed": config.seed, "data": glue.identity([task], config.data.glue_dir),
           "model": model_identity}
 
@@ -130,7 +144,7 @@ def seeds_side_by_side(g: ml_collections.ConfigDict) -> bool:
 
 def _finetune_task(encoder, task: glue.Task, splits, tokenizer, config, mesh, model_name: str) -> dict:
   """Every learning rate x seed of the grid on one task; the best learning rate by mean score."""
-  g = config.glue
+  g = task_settings(config.glue, task.name)
   train, dev = task_features(task, splits, tokenizer, g.seq_len, g.max_train_examples, config.seed)
   start = time.perf_counter()
   if seeds_side_by_side(g):

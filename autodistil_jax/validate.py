@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from autodistil_jax.glue import HEAD_INPUTS, REGRESSION_BIAS
+from autodistil_jax.glue import HEAD_INPUTS, REGRESSION_BIAS, TASKS
 
 # key -> (kind, check, what it must be). kind: "int", "float", "str", "bool", "ints", "floats",
 # "strs" (a list or tuple of those).
@@ -54,6 +54,8 @@ RULES: dict[str, _Rule] = {
     "evaluate.probe_train_examples": _COUNT, "evaluate.sts_examples": _COUNT,
     "evaluate.seq_len": _SEQ_LEN, "evaluate.batch_size": _POSITIVE_INT,
     "evaluate.students_per_call": _POSITIVE_INT,
+    **{f"glue.task_epochs.{name}": ("int", lambda v: v >= 0, "an integer >= 0 (0: glue.epochs)")
+       for name in TASKS},
 }
 
 

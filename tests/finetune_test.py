@@ -159,3 +159,21 @@ def test_the_head_reads_the_pooler_the_cls_state_or_the_mean_of_real_tokens(teac
   with pytest.raises(ValueError, match="head_input='max' must be one of pooler, cls, mean"):
     finetune.step_functions(None, glue.get_task("sst2"), 0.0, 0.0, finetune.make_optimizer(),
                             head_input="max")
+
+
+def test_task_epochs_change_only_their_own_task_and_its_stored_inputs():
+  """glue.task_epochs: a task's own entry replaces glue.epochs for it alone, so raising CoLA's
+  epochs leaves every STS-B result reusable (its inputs are unchanged) and CoLA's not."""
+  from autodistil_jax.defaults import demo_config
+
+  config = demo_config()
+  stsb, cola = glue.get_task("stsb"), glue.get_task("cola")
+  before = {t.name: finetune_stage.result_inputs(config, t, "model-id") for t in (stsb, cola)}
+  config.glue.task_epochs.cola = config.glue.epochs + 7
+  assert finetune_stage.task_epochs(config.glue, "cola") == config.glue.epochs + 7
+  assert finetune_stage.task_settings(config.glue, "stsb").epochs == config.glue.epochs
+  assert finetune_stage.result_inputs(config, stsb, "model-id") == before["stsb"]
+  after = finetune_stage.result_inputs(config, cola, "model-id")
+  assert after["epochs"] == config.glue.epochs + 7 and before["cola"]["epochs"] == config.glue.epochs
+  assert not any(k.startswith("task_epochs") for k in after)
+  assert config.glue.epochs == finetune_stage.task_epochs(config.glue, "stsb")  # the default untouched

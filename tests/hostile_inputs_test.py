@@ -201,6 +201,8 @@ MORE_CASES = [
      "config.glue.learning_rates=() must be a non-empty list"),
     ("GLUE with 0 epochs", "finetune", {"data.glue_dir": "@glue", "glue.epochs": 0},
      "config.glue.epochs=0 must be an integer >= 1"),
+    ("GLUE with negative epochs for one task", "finetune", {"data.glue_dir": "@glue", "glue.task_epochs.cola": -1},
+     "config.glue.task_epochs.cola=-1 must be an integer >= 0"),
     ("GLUE regression bias unknown", "finetune", {"data.glue_dir": "@glue", "glue.regression_bias": "median"},
      "config.glue.regression_bias='median' must be zero or label_mean"),
     ("GLUE head input unknown", "finetune", {"data.glue_dir": "@glue", "glue.head_input": "max"},

@@ -93,6 +93,13 @@ def test_glue_results_are_reused_only_for_the_same_inputs_and_finite_scores(corp
   assert "teacher stsb: the stored result has a score that is not finite" in third.stdout
   assert json.loads(wd.glue_result("teacher", "stsb").read_text())["score_mean"] == result["score_mean"]
   assert len(list((wd.root / "replaced").rglob("results.json"))) == 2  # both old results kept
+  # More epochs for RTE alone: RTE is fine-tuned again for 2 epochs, STS-B reused.
+  fourth = _launch(tmp_path / "run", "finetune", corpus, f"--config.data.glue_dir={glue}",
+                   "--config.glue.task_epochs.rte=2")
+  assert fourth.returncode == 0, fourth.stderr[-2000:]
+  assert "teacher rte: the stored result was made with other inputs: epochs" in fourth.stdout, fourth.stdout
+  assert "teacher stsb:" not in fourth.stdout
+  assert [len(r["epochs"]) for r in json.loads(wd.glue_result("teacher", "rte").read_text())["runs"]] == [2]
 
 
 def test_one_process_per_workdir_and_a_killed_holder_is_taken_over(corpus, tmp_path):
