@@ -4,9 +4,11 @@ task, tasks the teacher did not learn marked and left out of the average."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 
 from autodistil_jax import glue
@@ -79,3 +81,15 @@ def seed_mean_cell(task: glue.Task, result: dict) -> str:
                       for run in result["runs"]], axis=0)
   return (f"{100 * result['score_mean']:.1f} ± {100 * result['score_std']:.1f} (n={len(result['runs'])}; "
           f"by epoch {', '.join(f'{100 * x:.1f}' for x in by_epoch)})")
+
+
+def epochs_text(g: ml_collections.ConfigDict, tasks: Sequence[str]) -> str:
+  """"3 epochs" or, where some tasks have their own (glue.task_epochs), "3 epochs (CoLA 10)"."""
+  own = {t: task_epochs(g, t) for t in tasks}
+  others = [f"{glue.get_task(t).directory} {n}" for t, n in own.items() if n != g.epochs]
+  return f"{g.epochs} epochs" + (f" ({', '.join(others)})" if others else "")
+
+
+def task_epochs(g: ml_collections.ConfigDict, task_name: str) -> int:
+  """The epochs `task_name` is fine-tuned for: its glue.task_epochs entry, else glue.epochs."""
+  return int(g.get("task_epochs", {}).get(task_name, 0) or g.epochs)

@@ -18,6 +18,7 @@ import numpy as np
 
 from autodistil_jax import data, finetune_report, glue, hf_io, parallel, records, storage
 from autodistil_jax.finetune import finetune, finetune_seeds, task_features
+from autodistil_jax.finetune_report import task_epochs
 from autodistil_jax.model import count_params
 from autodistil_jax.search_space import exact_flops
 from autodistil_jax.workdir import Workdir, write_text_atomic
@@ -41,11 +42,6 @@ def finetune_models(config: ml_collections.ConfigDict, wd: Workdir,
 # seed_batching: how the seeds run, not what (finetune_seeds' docstring says how close).
 # task_epochs: each task's own entry is already folded into `epochs` (task_settings).
 _NOT_INPUTS = ("tasks", "models", "include_teacher", "eval_batch_size", "seed_batching", "task_epochs")
-
-
-def task_epochs(g: ml_collections.ConfigDict, task_name: str) -> int:
-  """The epochs `task_name` is fine-tuned for: its glue.task_epochs entry, else glue.epochs."""
-  return int(g.get("task_epochs", {}).get(task_name, 0) or g.epochs)
 
 
 def task_settings(g: ml_collections.ConfigDict, task_name: str) -> ml_collections.ConfigDict:

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 
 from autodistil_jax import glue
+from autodistil_jax.finetune_report import epochs_text
 from autodistil_jax.search_space import Arch
 from autodistil_jax.workdir import Workdir
 
@@ -255,7 +256,7 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
         for b, r in selected.items()],
       "- Baselines per selected architecture: " + "; ".join(kinds.values()) + f". (c) trains a "
       f"one-student sub-space with the same objective, data and {t.num_steps} steps.",
-      f"- GLUE: {', '.join(tasks)} dev; seeds {tuple(g.seeds)}; {train_size(g)}, {g.epochs} epochs, "
+      f"- GLUE: {', '.join(tasks)} dev; seeds {tuple(g.seeds)}; {train_size(g)}, {epochs_text(g, tasks)}, "
       f"batch {g.batch_size}, learning rate {', '.join(f'{x:g}' for x in g.learning_rates)} with "
       f"{100 * g.get('warmup_ratio', 0.0):g}% linear warmup, sequence length {g.seq_len}; regression head's "
       f"bias starting at {g.get('regression_bias', 'zero').replace('_', ' ')}; best epoch on dev. "

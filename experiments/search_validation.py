@@ -45,7 +45,8 @@ _SUBSPACES = flags.DEFINE_list("subspaces", [], "Sub-spaces to score (default: e
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the students per tau.")
 _FINETUNE = flags.DEFINE_list("finetune_tasks", [], "GLUE tasks to fine-tune the same students on "
                               "(part 3b), e.g. stsb,mrpc: the config's GLUE protocol, side by side.")
-_EPOCHS = flags.DEFINE_integer("finetune_epochs", 0, "Epochs of that fine-tuning (0: config.glue.epochs).")
+_EPOCHS = flags.DEFINE_integer("finetune_epochs", 0, "Epochs of that fine-tuning (0: each task's, "
+                               "glue.task_epochs or glue.epochs).")
 _PER_CALL = flags.DEFINE_integer("students_per_call", 0, "Students fine-tuned per call, their scores "
                                  "saved after each (0: as many as fit in memory).")
 flags.mark_flags_as_required(["workdir", "out"])
@@ -196,7 +197,7 @@ def report(cells: dict[str, list[dict]], resamples: int, tasks: list[str]) -> st
 
 
 def main() -> None:
-  from autodistil_jax import data, evaluate, glue, hf_io, parallel, pipeline
+  from autodistil_jax import data, evaluate, finetune_stage, glue, hf_io, parallel, pipeline
   from autodistil_jax.search_space import Arch
   from autodistil_jax.train import load_superlm
   from autodistil_jax.workdir import Workdir
@@ -217,8 +218,8 @@ def main() -> None:
   by_space = {k: v for k, v in searched.items() if not _SUBSPACES.value or k in _SUBSPACES.value}
   teacher_dir = hf_io.resolve_checkpoint(config.teacher)
   tokenizer = data.load_tokenizer(teacher_dir)
-  epochs = _EPOCHS.value or config.glue.epochs
-  protocols = {t: Protocol.from_config(config, tokenizer, epochs, t, _PER_CALL.value)
+  epochs = lambda task: _EPOCHS.value or finetune_stage.task_epochs(config.glue, task)
+  protocols = {t: Protocol.from_config(config, tokenizer, epochs(t), t, _PER_CALL.value)
                for t in _FINETUNE.value}
   chosen = {name: spread(rows, _STUDENTS.value) for name, rows in by_space.items()}
   if stale := stale_outputs(out, chosen, protocols):

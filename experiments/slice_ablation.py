@@ -74,17 +74,18 @@ def main() -> None:
   out = pathlib.Path(_OUT.value or root)
   out.mkdir(parents=True, exist_ok=True)
   write_text_atomic(out / "results.md", report(wd, [pathlib.Path(m).name for m in models], tasks,
-                                               config.glue.epochs))
+                                               config.glue))
   print(f"[slice_ablation] report: {out / 'results.md'}")
 
 
-def report(wd, models: list[str], tasks: list[str], epochs: int) -> str:
+def report(wd, models: list[str], tasks: list[str], g) -> str:
   """The results page: a row per slice, mean ± std over seeds per task, and seconds."""
-  from autodistil_jax.finetune_report import seed_mean_cell
+  from autodistil_jax.finetune_report import epochs_text, seed_mean_cell
 
   lines = ["# Which cut of the teacher stops a slice learning the task", "",
            f"`{invocation('experiments/slice_ablation.py')}`", "",
-           f"Each architecture sliced from the teacher with no training, fine-tuned for {epochs} epochs. "
+           "Each architecture sliced from the teacher with no training, fine-tuned for "
+           f"{epochs_text(g, tasks)}. "
            "Each task's GLUE dev score x100 (the mean of its metrics: Pearson and Spearman for STS-B, F1 "
            "and accuracy for MRPC, Matthews for CoLA, else accuracy) at each run's best epoch, mean ± std "
            "over seeds; then the seed mean by epoch; seconds: all seeds, compiles included.", "",

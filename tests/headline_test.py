@@ -182,3 +182,14 @@ def test_a_cut_short_headline_compares_per_task_what_has_run():
   without_teacher = headline_report.claim(rows[1:3], budget)  # the teacher's cells not run yet
   assert without_teacher[1] == ("  - so far, stsb: searched 81.0 ± 0.4; against sliced 80.0 (+1.0, seed "
                                 "std of the difference ~0.5)")
+
+
+def test_the_report_names_each_task_that_has_its_own_epochs():
+  from autodistil_jax.defaults import demo_config
+  from autodistil_jax.finetune_report import epochs_text
+
+  g = demo_config().glue
+  assert epochs_text(g, ["stsb", "cola", "rte"]) == f"{g.epochs} epochs"
+  g.task_epochs.cola, g.task_epochs.rte = 10, g.epochs  # the same as glue.epochs: not named
+  assert epochs_text(g, ["stsb", "cola", "rte"]) == f"{g.epochs} epochs (CoLA 10)"
+  assert epochs_text(g, ["stsb"]) == f"{g.epochs} epochs"  # CoLA not run here
