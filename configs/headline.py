@@ -12,8 +12,9 @@ initialisation; docs/objective.md sections 4 and 6), GLUE on the full
 training sets of STS-B, CoLA, MRPC and RTE, 3 seeds. Cost (2-core AMD EPYC CPU, measured): GLUE
 per model and seed, for the teacher (students cost less): STS-B 794 s (teacher 85.8), CoLA 811 s
 (MCC 30.0), MRPC 508 s (86.2), all three with one or two other jobs sharing the CPU, and RTE 431 s
-alone (57.8, majority 52.7) (docs/evaluation.md, section 2): 3 seeds x 4 tasks, about 2.1 hours
-for the teacher, about 19 hours for the teacher, two searched students and their six baselines.
+alone (57.8, majority 52.7) (docs/evaluation.md, section 2); CoLA runs 10 epochs (3.3x: the
+<= 50% student 1149 s a seed, docs/results.md section 5): 3 seeds x 4 tasks, about 4 hours for the
+teacher, about 25 hours for the teacher, two searched students and their six baselines.
 
 `gpu`: the same experiment at the size one H100/H200 allows in about 10 minutes (issue 15, part 6):
 400 SuperLM steps of batch 128 at sequence length 128 in bf16 at the paper's learning rate, on
