@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from autodistil_jax.glue import TASKS
 from autodistil_jax.storage import AnyPath
 from autodistil_jax.workdir import write_text_atomic
 
@@ -42,7 +43,9 @@ _IGNORED = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints
 # made with: an older workdir stays valid under the default.
 _ADDED_KEYS = {"train.embedding_relation_weight": 0.0,
                # a GLUE result's inputs hold config.glue's keys unprefixed (finetune_stage)
-               "glue.head_input": "pooler", "head_input": "pooler"}
+               "glue.head_input": "pooler", "head_input": "pooler",
+               # 0: the task runs glue.epochs, as every task did before task_epochs existed
+               **{f"glue.task_epochs.{task}": 0 for task in TASKS}}
 # Files larger than this are identified by size and modification time instead of their bytes.
 _HASH_LIMIT = 512 * 2**20
 

@@ -164,6 +164,10 @@ def test_records_name_every_changed_key_and_files_by_content(tmp_path):
   assert records.changed_keys({"epochs": 3}, {"epochs": 3, "head_input": "pooler"}) == []
   assert records.changed_keys({"epochs": 3}, {"epochs": 3, "head_input": "mean"}) == [
       'head_input ("pooler" -> "mean")']
+  # A finetune stage recorded before glue.task_epochs existed: unchanged at 0 (glue.epochs), only there.
+  assert records.changed_keys({"glue.epochs": 3}, {"glue.epochs": 3, "glue.task_epochs.cola": 0}) == []
+  assert records.changed_keys({"glue.epochs": 3}, {"glue.epochs": 3, "glue.task_epochs.cola": 10}) == [
+      "glue.task_epochs.cola (0 -> 10)"]
 
 
 # Path pieces of a run directory: only workdir.py may join them onto a directory.
