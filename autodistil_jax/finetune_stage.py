@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from autodistil_jax import data, finetune_report, glue, hf_io, parallel, records, storage
-from autodistil_jax.finetune import finetune, finetune_seeds, task_features
+from autodistil_jax.finetune import RunResult, finetune, finetune_seeds, task_features
 from autodistil_jax.finetune_report import task_epochs
 from autodistil_jax.model import count_params
 from autodistil_jax.search_space import exact_flops
@@ -76,8 +76,9 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
   """Fine-tunes every model (finetune_models) on `tasks` (default config.glue.tasks); one
   results.json per (model, task), reused on a re-run only when its inputs (result_inputs) match
   and its score is finite (others are moved aside to wd's replaced/ and recomputed), then the
-  summary table. `on_result` gets each results.json as soon as it is written (experiments keep a
-  copy with their report)."""
+  summary table. A cell interrupted part-way resumes after its last finished run (FinishedRuns).
+  `on_result` gets each record (results.json, finished_runs.json) as soon as it is written or
+  removed (experiments keep a copy with their report)."""
   if not config.data.glue_dir:
     raise ValueError("config.data.glue_dir is not set: pass --config.data.glue_dir=PATH (the GLUE TSV root, "
                      "or tfds: for tensorflow-datasets)")
@@ -99,7 +100,8 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
           continue
         aside = wd.move_aside([out]) if jax.process_index() == 0 else None
         print(f"{model_name} {task.name}: the stored result {why}; recomputing (old one in {aside})")
-      result = _finetune_task(encoder, task, splits[task.name], tokenizer, config, mesh, model_name)
+      finished = FinishedRuns.load(wd, wd.glue_finished_runs(model_name, task.name), inputs, on_result)
+      result = _finetune_task(encoder, task, splits[task.name], tokenizer, config, mesh, model_name, finished)
       result.update(checkpoint=checkpoint, inputs=inputs)
       if jax.process_index() == 0:
         if not np.isfinite(result["score_mean"]):
@@ -108,6 +110,7 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
         write_text_atomic(out, json.dumps(result, indent=2) + "\n")
         if on_result is not None:
           on_result(out)
+        finished.remove()
         print(f"{model_name} {task.name}: {100 * result['score_mean']:.1f} "
               f"(+-{100 * result['score_std']:.1f}, lr {result['best_lr']:g})")
   if jax.process_index() == 0:
@@ -138,19 +141,26 @@ def seeds_side_by_side(g: ml_collections.ConfigDict) -> bool:
   return len(g.seeds) > 1 and (way == "vmap" or way == "auto" and jax.default_backend() != "cpu")
 
 
-def _finetune_task(encoder, task: glue.Task, splits, tokenizer, config, mesh, model_name: str) -> dict:
-  """Every learning rate x seed of the grid on one task; the best learning rate by mean score."""
+def _finetune_task(encoder, task: glue.Task, splits, tokenizer, config, mesh, model_name: str,
+                   finished: FinishedRuns) -> dict:
+  """Every learning rate x seed of the grid on one task, but those `finished` already holds; the
+  best learning rate by mean score."""
   g = task_settings(config.glue, task.name)
   train, dev = task_features(task, splits, tokenizer, g.seq_len, g.max_train_examples, config.seed)
-  start = time.perf_counter()
-  if seeds_side_by_side(g):
-    runs = [run for lr in g.learning_rates for run in finetune_seeds(
-        encoder, task, train, dev, g, lr, list(g.seeds), mesh,
-        desc=f"{model_name} {task.name} lr={lr:g} seeds={','.join(map(str, g.seeds))}")]
-  else:
-    runs = [finetune(encoder, task, train, dev, g, lr, seed, mesh,
+  for lr in g.learning_rates:
+    if seeds_side_by_side(g):  # the seeds of one learning rate are one run: all of them, or none
+      if not all(finished.has(lr, s) for s in g.seeds):
+        start = time.perf_counter()
+        runs = finetune_seeds(encoder, task, train, dev, g, lr, list(g.seeds), mesh,
+                              desc=f"{model_name} {task.name} lr={lr:g} seeds={','.join(map(str, g.seeds))}")
+        finished.add(runs, time.perf_counter() - start)
+      continue
+    for seed in (s for s in g.seeds if not finished.has(lr, s)):
+      start = time.perf_counter()
+      run = finetune(encoder, task, train, dev, g, lr, seed, mesh,
                      desc=f"{model_name} {task.name} lr={lr:g} seed={seed}")
-            for lr in g.learning_rates for seed in g.seeds]
+      finished.add([run], time.perf_counter() - start)
+  runs = [finished.get(lr, seed) for lr in g.learning_rates for seed in g.seeds]
   by_lr = {lr: [glue.main_score(task, next(iter(r.best.values()))) for r in runs
                 if r.learning_rate == lr] for lr in g.learning_rates}
   best_lr = max(by_lr, key=lambda lr: np.nan_to_num(np.mean(by_lr[lr]), nan=-np.inf))
@@ -161,5 +171,61 @@ def _finetune_task(encoder, task: glue.Task, splits, tokenizer, config, mesh, mo
           "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
           "train_examples": int(len(train["labels"])),
           "trivial_score": glue.trivial_score(task, train["labels"], next(iter(dev.values()))["labels"]),
-          "seconds": round(time.perf_counter() - start, 1),  # every run, compiles included
+          "seconds": round(finished.seconds, 1),  # every run, compiles included, over every attempt
           "runs": [dataclasses.asdict(r) for r in runs]}
+
+
+class FinishedRuns:
+  """The runs (learning rate x seed) of one (model, task) cell finished so far, written to a file
+  beside its results.json after each run, so that a cell stopped part-way (a teacher's CoLA cell is
+  hours on a CPU) resumes after its last finished run instead of from nothing. Runs are reused only
+  when the file's inputs (result_inputs) are the cell's and their score is finite; a file made
+  with other inputs is moved aside. Its work is done once the cell's results.json is written."""
+
+  def __init__(self, path: Path, inputs: dict, on_write: Callable[[Path], None] | None,
+               runs: Sequence[RunResult] = (), seconds: float = 0.0):
+    self.path, self.inputs, self.on_write, self.seconds = path, inputs, on_write, seconds
+    self._runs = {(r.learning_rate, r.seed): r for r in runs}
+
+  @classmethod
+  def load(cls, wd: Workdir, path: Path, inputs: dict,
+           on_write: Callable[[Path], None] | None = None) -> FinishedRuns:
+    if not path.is_file():
+      return cls(path, inputs, on_write)
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    if changes := records.changed_keys(stored.get("inputs", {}), inputs):
+      aside = wd.move_aside([path]) if jax.process_index() == 0 else None
+      print(f"{path}: made with other inputs ({'; '.join(changes)}); not reused (moved to {aside})")
+      return cls(path, inputs, on_write)
+    runs = [RunResult(**r) for r in stored["runs"]]
+    finite = [r for r in runs if all(np.isfinite(v) for v in next(iter(r.best.values())).values())]
+    if len(finite) < len(runs):
+      print(f"{path}: {len(runs) - len(finite)} run(s) with a score that is not finite; recomputing them")
+    print(f"{path}: resuming after {len(finite)} finished run(s)")
+    return cls(path, inputs, on_write, finite, float(stored["seconds"]))
+
+  def has(self, learning_rate: float, seed: int) -> bool:
+    return (learning_rate, seed) in self._runs
+
+  def get(self, learning_rate: float, seed: int) -> RunResult:
+    return self._runs[(learning_rate, seed)]
+
+  def add(self, runs: Sequence[RunResult], seconds: float) -> None:
+    """Records finished runs and the `seconds` they took, and writes the file."""
+    self.seconds += seconds
+    self._runs.update({(r.learning_rate, r.seed): r for r in runs})
+    if jax.process_index() == 0:
+      record = {"inputs": self.inputs, "seconds": round(self.seconds, 1),
+                "runs": [dataclasses.asdict(r) for r in self._runs.values()]}
+      write_text_atomic(self.path, json.dumps(record, indent=2) + "\n")
+      self._notify()
+
+  def remove(self) -> None:
+    """Deletes the file (the cell's results.json now holds every run)."""
+    if self.path.is_file():
+      self.path.unlink()
+      self._notify()
+
+  def _notify(self) -> None:
+    if self.on_write is not None:
+      self.on_write(self.path)

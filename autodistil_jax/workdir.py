@@ -12,6 +12,7 @@ and how the leftovers of a killed run are cleared. Nothing else spells a path in
     export/<subspace>-<arch>/               Hugging Face checkpoints with their model cards
     evaluate/                               suite.csv, suite.md, suite.png
     glue/<model>/<task>/results.json        fine-tuning results; glue/summary.{csv,md}
+    glue/<model>/<task>/finished_runs.json  the runs of a cell finished so far (resume mid-cell)
     baselines/<kind>-<arch>/                sliced / distilled-alone / random students (baselines.py)
     <experiment>/                           an experiment's own files (experiments/)
     stages/<stage>.json                     what each finished stage ran with (records.py)
@@ -149,6 +150,10 @@ class Workdir:
 
   def glue_result(self, model: str, task: str) -> AnyPath:
     return self.glue_root / model / task / "results.json"
+
+  def glue_finished_runs(self, model: str, task: str) -> AnyPath:
+    """The runs of a (model, task) finished so far; gone once its results.json is written."""
+    return self.glue_root / model / task / "finished_runs.json"
 
   def glue_summary(self, suffix: str = "md") -> AnyPath:
     return self.glue_root / f"summary.{suffix}"

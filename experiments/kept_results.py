@@ -25,9 +25,13 @@ class KeptResults:
     self.wd, self.root = wd, out / "workdir"
 
   def keep(self, record: AnyPath) -> None:
-    """Copies `record` (a file under the workdir) to its place under the kept root."""
+    """Copies `record` (a file under the workdir) to its place under the kept root; a record the
+    workdir no longer has (a cell's finished runs, once its results.json is written) loses its copy."""
     relative = pathlib.PurePosixPath(str(record)).relative_to(pathlib.PurePosixPath(str(self.wd.root)))
-    write_text_atomic(self.root / relative, record.read_text(encoding="utf-8"))
+    if record.exists():
+      write_text_atomic(self.root / relative, record.read_text(encoding="utf-8"))
+    else:
+      (self.root / relative).unlink(missing_ok=True)
 
   def restore(self) -> list[AnyPath]:
     """Copies every kept record the workdir lacks back into it (a record the workdir has, it

@@ -1,3 +1,5 @@
+import json
+
 import jax
 import ml_collections
 import numpy as np
@@ -177,3 +179,88 @@ def test_task_epochs_change_only_their_own_task_and_its_stored_inputs():
   assert after["epochs"] == config.glue.epochs + 7 and before["cola"]["epochs"] == config.glue.epochs
   assert not any(k.startswith("task_epochs") for k in after)
   assert config.glue.epochs == finetune_stage.task_epochs(config.glue, "stsb")  # the default untouched
+
+
+def _tiny_glue_config(data_dir, seed_batching="sequential"):
+  from train_test import tiny_config
+
+  config = tiny_config()
+  config.data.glue_dir = str(data_dir / "glue")
+  config.glue.update(tasks=("rte",), seeds=(0, 1), seed_batching=seed_batching)
+  return config
+
+
+class _Stopped(Exception):
+  pass
+
+
+def test_a_cell_stopped_part_way_resumes_after_its_last_finished_run(data_dir, tmp_path, monkeypatch):
+  """A cell's finished runs are written as they finish (and handed to on_result); a re-run after a
+  stop fine-tunes only the runs left and ends where an unstopped run ends; then the file goes."""
+  from autodistil_jax.workdir import Workdir
+
+  config, real = _tiny_glue_config(data_dir), finetune_stage.finetune
+  calls, written = [], []
+  def stops_at_the_second_seed(*args, **kwargs):
+    calls.append(args[6])  # the seed
+    if len(calls) == 2:
+      raise _Stopped
+    return real(*args, **kwargs)
+
+  wd = Workdir.at(tmp_path / "stopped")
+  monkeypatch.setattr(finetune_stage, "finetune", stops_at_the_second_seed)
+  with pytest.raises(_Stopped):
+    finetune_stage.run_stage(config, wd, on_result=written.append)
+  finished = wd.glue_finished_runs("teacher", "rte")
+  assert not wd.glue_result("teacher", "rte").exists() and written == [finished]
+  assert [r["seed"] for r in json.loads(finished.read_text())["runs"]] == [0]
+  calls.clear()
+  monkeypatch.setattr(finetune_stage, "finetune", lambda *a, **k: calls.append(a[6]) or real(*a, **k))
+  finetune_stage.run_stage(config, wd, on_result=written.append)
+  assert calls == [1] and not finished.exists()
+  assert written == [finished] * 2 + [wd.glue_result("teacher", "rte"), finished]  # the last: removed
+  resumed = json.loads(wd.glue_result("teacher", "rte").read_text())
+  whole = Workdir.at(tmp_path / "whole")
+  finetune_stage.run_stage(config, whole)
+  unstopped = json.loads(whole.glue_result("teacher", "rte").read_text())
+  assert [r["seed"] for r in resumed["runs"]] == [0, 1] and resumed["runs"] == unstopped["runs"]
+  assert resumed["score_mean"] == unstopped["score_mean"] and 0 < resumed["seconds"]
+
+
+def test_finished_runs_of_other_inputs_are_moved_aside_and_unfinite_runs_recomputed(tmp_path):
+  from autodistil_jax.workdir import Workdir
+
+  wd = Workdir.at(tmp_path / "run")
+  path = wd.glue_finished_runs("teacher", "rte")
+  runs = [finetune.RunResult(1e-4, seed, 0, {"dev": {"accuracy": score}}, [{"dev": {"accuracy": score}}])
+          for seed, score in ((0, 0.6), (1, float("nan")))]
+  stored = finetune_stage.FinishedRuns(path, {"epochs": 3}, None)
+  stored.add(runs, 12.5)
+  loaded = finetune_stage.FinishedRuns.load(wd, path, {"epochs": 3})
+  assert loaded.has(1e-4, 0) and not loaded.has(1e-4, 1) and loaded.seconds == 12.5
+  assert loaded.get(1e-4, 0) == runs[0]
+  other = finetune_stage.FinishedRuns.load(wd, path, {"epochs": 10})
+  assert not other.has(1e-4, 0) and other.seconds == 0 and not path.exists()
+  moved = list((wd.root / "replaced").rglob("finished_runs.json"))
+  assert len(moved) == 1 and json.loads(moved[0].read_text())["inputs"] == {"epochs": 3}
+
+
+def test_seeds_side_by_side_reuse_a_learning_rate_whose_seeds_all_finished(data_dir, tmp_path, monkeypatch):
+  from autodistil_jax.workdir import Workdir
+
+  config, wd = _tiny_glue_config(data_dir, "vmap"), Workdir.at(tmp_path / "run")
+  inputs = finetune_stage.result_inputs(config, glue.get_task("rte"), _checkpoint_identity(config.teacher))
+  scores = {0: 0.5, 1: 0.75}
+  runs = [finetune.RunResult(1e-4, s, 0, {"dev": {"accuracy": a}}, [{"dev": {"accuracy": a}}])
+          for s, a in scores.items()]
+  finetune_stage.FinishedRuns(wd.glue_finished_runs("teacher", "rte"), inputs, None).add(runs, 3.0)
+  monkeypatch.setattr(finetune_stage, "finetune_seeds", lambda *a, **k: pytest.fail("fine-tuned again"))
+  finetune_stage.run_stage(config, wd)
+  result = json.loads(wd.glue_result("teacher", "rte").read_text())
+  assert result["score_mean"] == 0.625 and result["seconds"] == 3.0
+
+
+def _checkpoint_identity(checkpoint):
+  from autodistil_jax import hf_io, records
+
+  return records.checkpoint_identity(hf_io.resolve_checkpoint(checkpoint))
