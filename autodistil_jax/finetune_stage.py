@@ -61,12 +61,25 @@ def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, model_iden
           "model": model_identity}
 
 
-def _reusable(path: Path, inputs: dict) -> str | None:
-  """None when the result at `path` can be reused, else why not."""
-  stored = json.loads(path.read_text(encoding="utf-8"))
-  if changes := records.changed_keys(stored.get("inputs", {}), inputs):
-    return "was made with other inputs: " + "; ".join(changes)
-  if not np.isfinite(stored.get("score_mean", float("nan"))):
+def _stored_if_reusable(wd: Workdir, path: Path, inputs: dict, label: str,
+                        fault: Callable[[dict], str | None] = lambda stored: None) -> dict | None:
+  """The record at `path` when it was made with `inputs` and `fault` finds nothing wrong in it;
+  else None, with the record (if any) moved aside to wd's replaced/ and one line saying why.
+  An unreadable record counts as one of other inputs (records.read)."""
+  stored = records.read(path)
+  if stored is None:
+    return None
+  changes = records.changed_keys(stored["inputs"], inputs)
+  why = "was made with other inputs: " + "; ".join(changes) if changes else fault(stored)
+  if why is None:
+    return stored
+  aside = wd.move_aside([path]) if jax.process_index() == 0 else None
+  print(f"{label} {why}; not reused (old one in {aside})")
+  return None
+
+
+def _unfinite_score(result: dict) -> str | None:
+  if not np.isfinite(result.get("score_mean", float("nan"))):
     return "has a score that is not finite"
   return None
 
@@ -95,11 +108,9 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
       identity = records.checkpoint_identity(hf_io.resolve_checkpoint(local))
     for task in tasks:
       out, inputs = wd.glue_result(model_name, task.name), result_inputs(config, task, identity)
-      if out.is_file():
-        if (why := _reusable(out, inputs)) is None:
-          continue
-        aside = wd.move_aside([out]) if jax.process_index() == 0 else None
-        print(f"{model_name} {task.name}: the stored result {why}; recomputing (old one in {aside})")
+      label = f"{model_name} {task.name}: the stored result"
+      if _stored_if_reusable(wd, out, inputs, label, _unfinite_score):
+        continue
       finished = FinishedRuns.load(wd, wd.glue_finished_runs(model_name, task.name), inputs, on_result)
       result = _finetune_task(encoder, task, splits[task.name], tokenizer, config, mesh, model_name, finished)
       result.update(checkpoint=checkpoint, inputs=inputs)
@@ -190,12 +201,7 @@ class FinishedRuns:
   @classmethod
   def load(cls, wd: Workdir, path: Path, inputs: dict,
            on_write: Callable[[Path], None] | None = None) -> FinishedRuns:
-    if not path.is_file():
-      return cls(path, inputs, on_write)
-    stored = json.loads(path.read_text(encoding="utf-8"))
-    if changes := records.changed_keys(stored.get("inputs", {}), inputs):
-      aside = wd.move_aside([path]) if jax.process_index() == 0 else None
-      print(f"{path}: made with other inputs ({'; '.join(changes)}); not reused (moved to {aside})")
+    if (stored := _stored_if_reusable(wd, path, inputs, f"{path}:")) is None:
       return cls(path, inputs, on_write)
     runs = [RunResult(**r) for r in stored["runs"]]
     finite = [r for r in runs if all(np.isfinite(v) for v in next(iter(r.best.values())).values())]

@@ -16,7 +16,7 @@ and how the leftovers of a killed run are cleared. Nothing else spells a path in
     baselines/<kind>-<arch>/                sliced / distilled-alone / random students (baselines.py)
     <experiment>/                           an experiment's own files (experiments/)
     stages/<stage>.json                     what each finished stage ran with (records.py)
-    replaced/<time>/                        outputs moved aside by --redo, in the same layout
+    replaced/<time>[-n]/                    outputs moved aside by --redo, in the same layout
     .lock, .lock.json                       held by the process running in it
 """
 
@@ -194,12 +194,16 @@ class Workdir:
     return [*outputs, self.stage_record(stage)]
 
   def move_aside(self, paths: list[AnyPath]) -> AnyPath | None:
-    """Moves the existing `paths` to replaced/<time>/, keeping their place in the layout; returns
-    that folder (None when none existed). Nothing is deleted."""
+    """Moves the existing `paths` to a new folder replaced/<time>[-n]/, keeping their place in the
+    layout; returns that folder (None when none existed). Nothing is deleted: a second move in the
+    same second gets its own folder rather than overwriting the first's."""
     existing = [p for p in paths if p.exists()]
     if not existing:
       return None
-    aside = self.root / "replaced" / time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = self.root / "replaced" / stamp, 1
+    while aside.exists():
+      aside, n = self.root / "replaced" / f"{stamp}-{n}", n + 1
     for path in existing:
       target = aside / str(path.relative_to(self.root))
       target.parent.mkdir(parents=True, exist_ok=True)

@@ -243,6 +243,9 @@ def test_finished_runs_of_other_inputs_are_moved_aside_and_unfinite_runs_recompu
   assert not other.has(1e-4, 0) and other.seconds == 0 and not path.exists()
   moved = [p for p in wd.root.rglob("finished_runs.json") if p != path]  # under replaced/<time>/
   assert len(moved) == 1 and json.loads(moved[0].read_text())["inputs"] == {"epochs": 3}
+  path.write_text('{"inputs": {"epochs": 3}, "runs": [')  # cut short: unreadable
+  assert not finetune_stage.FinishedRuns.load(wd, path, {"epochs": 3}).has(1e-4, 0) and not path.exists()
+  assert len([p for p in wd.root.rglob("finished_runs.json") if p != path]) == 2
 
 
 def test_seeds_side_by_side_reuse_a_learning_rate_whose_seeds_all_finished(data_dir, tmp_path, monkeypatch):

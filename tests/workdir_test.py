@@ -206,3 +206,16 @@ def test_the_archive_holds_the_results_and_leaves_out_the_weights(tmp_path):
   with tarfile.open(tmp_path / "a.tar.gz") as tar:
     files = {n for n in tar.getnames() if tar.getmember(n).isfile()}
   assert files == {str(p.relative_to(tmp_path)) for p in kept}
+
+
+def test_moves_aside_in_the_same_second_each_keep_their_copy(tmp_path, monkeypatch):
+  wd = Workdir.at(tmp_path / "run")
+  result = wd.glue_result("teacher", "rte")
+  monkeypatch.setattr(time, "strftime", lambda *_: "20261129-120000")  # one second for all three
+  folders = []
+  for text in ("first", "second", "third"):
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(text)
+    folders.append(wd.move_aside([result]))
+  assert len(set(folders)) == 3 and not result.exists()
+  assert [(f / result.relative_to(wd.root)).read_text() for f in folders] == ["first", "second", "third"]
