@@ -109,7 +109,7 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
     for task in tasks:
       out, inputs = wd.glue_result(model_name, task.name), result_inputs(config, task, identity)
       label = f"{model_name} {task.name}: the stored result"
-      if _stored_if_reusable(wd, out, inputs, label, _unfinite_score):
+      if _stored_if_reusable(wd, out, inputs, label, _unfinite_score) is not None:
         continue
       finished = FinishedRuns.load(wd, wd.glue_finished_runs(model_name, task.name), inputs, on_result)
       result = _finetune_task(encoder, task, splits[task.name], tokenizer, config, mesh, model_name, finished)
