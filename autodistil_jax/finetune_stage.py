@@ -51,14 +51,15 @@ def task_settings(g: ml_collections.ConfigDict, task_name: str) -> ml_collection
   return settings
 
 
-def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, model_identity: str) -> dict:
+def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, model_identity: dict | str) -> dict:
   """What one (model, task) result depends on: the fine-tuning settings as that task gets them
-  (task_settings: another task's epochs do not count), the seed, the task's data and the model's
-  files (records.checkpoint_identity). A stored result is reused only when these match."""
+  (task_settings: another task's epochs do not count), the seed, the task's data and the model
+  (records.model_identity, or a string naming it). A stored result is reused only when these
+  match, the model's weights up to float rounding (records.model_change)."""
   flat = records.flatten(task_settings(config.glue, task.name))
   settings = {k: v for k, v in flat.items() if k.split(".")[0] not in _NOT_INPUTS}
-  return {**settings, "seed": config.seed, "data": glue.identity([task], config.data.glue_dir),
-          "model": model_identity}
+  model = model_identity if isinstance(model_identity, dict) else {"model": model_identity}
+  return {**settings, "seed": config.seed, "data": glue.identity([task], config.data.glue_dir), **model}
 
 
 def _stored_if_reusable(wd: Workdir, path: Path, inputs: dict, label: str,
@@ -72,6 +73,10 @@ def _stored_if_reusable(wd: Workdir, path: Path, inputs: dict, label: str,
   changes = records.changed_keys(stored["inputs"], inputs)
   why = "was made with other inputs: " + "; ".join(changes) if changes else fault(stored)
   if why is None:
+    if stored["inputs"].get("model") != inputs.get("model"):
+      difference = records.weights_difference(stored["inputs"]["model_weights"], inputs["model_weights"])
+      print(f"{label} is reused: its model's weights differ from the current ones only by float "
+            f"rounding ({difference:.2g} of their norm: the same training on another CPU or device count)")
     return stored
   aside = wd.move_aside([path]) if jax.process_index() == 0 else None
   print(f"{label} {why}; not reused (old one in {aside})")
@@ -105,7 +110,7 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
     with storage.local_checkpoint(checkpoint) as local:
       encoder = hf_io.load_bert(local)
       tokenizer = data.load_tokenizer(hf_io.resolve_checkpoint(local))
-      identity = records.checkpoint_identity(hf_io.resolve_checkpoint(local))
+      identity = records.model_identity(hf_io.resolve_checkpoint(local))
     for task in tasks:
       out, inputs = wd.glue_result(model_name, task.name), result_inputs(config, task, identity)
       label = f"{model_name} {task.name}: the stored result"

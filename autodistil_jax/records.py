@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from autodistil_jax.glue import TASKS
 from autodistil_jax.storage import AnyPath
@@ -94,10 +95,80 @@ def files_identity(paths: Iterable[str | os.PathLike]) -> str:
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def checkpoint_identity(checkpoint_dir: str | os.PathLike) -> str:
-  """A model's files (config, weights, tokenizer) as one identity."""
+def checkpoint_identity(checkpoint_dir: str | os.PathLike, weights: bool = True) -> str:
+  """A model's files (config, weights, tokenizer) as one identity; with weights=False, all but
+  the weights (what model_identity pairs with weights_digest)."""
   directory = Path(checkpoint_dir)
-  return files_identity(p for p in directory.iterdir() if p.is_file() and p.name != "README.md")
+  return files_identity(p for p in directory.iterdir() if p.is_file() and p.name != "README.md"
+                        and (weights or p.name not in _WEIGHT_FILES))
+
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Two checkpoints whose weights differ by less than this fraction of their norm are one model for
+# reuse. The same SuperLM training on 2 devices instead of 1 (other float rounding, as on another
+# CPU) gave other bytes and weights 8e-10 apart; 120 SuperLM steps at 4e-5, the least training
+# any of our experiments does, move a student 7e-3 from its sliced initialisation
+# (docs/architecture.md, "Stage records").
+WEIGHTS_TOLERANCE = 1e-5
+_PROJECTIONS = 4
+
+
+def weights_digest(checkpoint_dir: str | os.PathLike) -> dict[str, list]:
+  """Per float tensor: [size, RMS, its projections on fixed random +-1 vectors over sqrt(size)];
+  per integer buffer (position ids): [size, a hash of its values]. Float weights that differ by
+  D (a tensor) give projections that differ by about |D| / sqrt(size), so two digests tell how
+  far apart two models are without keeping their weights."""
+  from autodistil_jax import hf_io  # jax-heavy: only where a model is fingerprinted
+  digest = {}
+  for name, tensor in sorted(hf_io.read_tensors(Path(checkpoint_dir)).items()):
+    if not np.issubdtype(tensor.dtype, np.floating):
+      values_hash = hashlib.sha256(np.ascontiguousarray(tensor).tobytes()).hexdigest()[:16]
+      digest[name] = [int(tensor.size), values_hash]
+      continue
+    values = np.asarray(tensor, np.float64).ravel()
+    signs = np.random.default_rng(values.size).integers(0, 2, (_PROJECTIONS, values.size), np.int8)
+    scale = np.sqrt(max(values.size, 1))
+    projections = (2.0 * signs - 1.0) @ values / scale
+    rms = float(np.linalg.norm(values) / scale)
+    digest[name] = [int(values.size), *(float(f"{x:.12g}") for x in (rms, *projections))]
+  return digest
+
+
+def weights_difference(a: dict[str, list], b: dict[str, list]) -> float:
+  """How far apart two digests' float weights are, as a fraction of their norm (estimated from
+  the projections, within about a factor 2); inf when their tensors differ in name or size, or
+  an integer buffer in value."""
+  if set(a) != set(b) or any(a[k][0] != b[k][0] for k in a):
+    return float("inf")
+  floats = [k for k in a if not isinstance(a[k][1], str)]
+  if any(a[k] != b[k] for k in a if k not in floats):
+    return float("inf")
+  moved = sum(a[k][0] * np.mean(np.subtract(a[k][2:], b[k][2:]) ** 2) for k in floats)
+  norm = sum(a[k][0] * a[k][1] ** 2 for k in floats)
+  return float(np.sqrt(moved / norm)) if norm > 0 else (0.0 if moved == 0 else float("inf"))
+
+
+def model_identity(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
+  """What a fine-tuning result depends on of its model: the files' exact identity ("model"),
+  and, for a match up to float rounding, the files but the weights ("model_files") and the
+  weights' digest ("model_weights")."""
+  return {"model": checkpoint_identity(checkpoint_dir),
+          "model_files": checkpoint_identity(checkpoint_dir, weights=False),
+          "model_weights": weights_digest(checkpoint_dir)}
+
+
+def model_change(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+  """None when the inputs' models are the same: the same files, or the same files but weights
+  within WEIGHTS_TOLERANCE of each other (e.g. retrained on another CPU); else what differs."""
+  if recorded.get("model") == current.get("model"):
+    return None
+  if "model_weights" not in recorded or recorded.get("model_files") != current.get("model_files"):
+    return f"model ({_show(recorded.get('model'))} -> {_show(current.get('model'))})"
+  difference = weights_difference(recorded["model_weights"], current["model_weights"])
+  if difference <= WEIGHTS_TOLERANCE:
+    return None
+  return (f"model weights ({difference:.2g} of their norm apart; the same model only below "
+          f"{WEIGHTS_TOLERANCE:g})")
 
 
 def stage_inputs(config: ml_collections.ConfigDict, stage: str,
@@ -120,17 +191,24 @@ def stage_inputs(config: ml_collections.ConfigDict, stage: str,
 
 
 def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """'key (old -> new)' for every key that differs, in key order."""
-  def show(v):
-    text = "unset" if v is _MISSING else json.dumps(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-  keys = sorted(set(recorded) | set(current))
+  """'key (old -> new)' for every key that differs, in key order; a model's identity (the
+  keys of model_identity) is compared by model_change."""
+  keys = sorted((set(recorded) | set(current)) - set(_MODEL_KEYS))
   before = lambda k: recorded.get(k, _ADDED_KEYS.get(k, _MISSING))
-  return [f"{k} ({show(before(k))} -> {show(current.get(k, _MISSING))})"
-          for k in keys if before(k) != current.get(k, _MISSING)]
+  changes = [f"{k} ({_show(before(k))} -> {_show(current.get(k, _MISSING))})"
+             for k in keys if before(k) != current.get(k, _MISSING)]
+  if any(k in recorded or k in current for k in _MODEL_KEYS) and (model := model_change(recorded, current)):
+    changes.append(model)
+  return changes
+
+
+def _show(value: Any) -> str:
+  text = "unset" if value is _MISSING or value is None else json.dumps(value)
+  return text if len(text) <= 60 else text[:57] + "..."
 
 
 _MISSING = object()
+_MODEL_KEYS = ("model", "model_files", "model_weights")
 
 
 def read(path: AnyPath) -> dict | None:

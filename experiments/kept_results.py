@@ -6,8 +6,9 @@ it is written, to <out>/workdir/<its path in the workdir>, which is committed wi
 fresh workdir gets them back before anything runs.
 
 Restoring reuses nothing by itself: a restored GLUE result is reused only where the finetune stage
-finds its inputs (settings, seed, data and the model's files, autodistil_jax.finetune_stage) equal
-to the run's, so a model retrained to other weights has its cells recomputed, and says so.
+finds its inputs (settings, seed, data and the model, autodistil_jax.finetune_stage) equal to the
+run's, so a model retrained to other weights has its cells recomputed, and says so; the same
+student retrained on another CPU, equal to float rounding, is the same model (records.model_identity).
 """
 
 from __future__ import annotations
