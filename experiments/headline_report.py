@@ -243,7 +243,9 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
       "Produced by `experiments/headline.py` (default config `configs/headline.py`); resume or regenerate "
       "with:", "",
       "```", command, "```", "",
-      f"Hardware: {hardware()}.", "",
+      f"Hardware of the run that wrote this page: {hardware()}. Cells kept from earlier runs may have "
+      "run on other machines: a kept result is reused only for the same settings, data and model, "
+      "the model up to float rounding (docs/architecture.md, \"Stage records\").", "",
       status, "", "## Setup", "",
       f"- Teacher: {config.teacher} (6 layers, hidden 384, 12 heads; "
       f"{search['teacher']['flops'] / 1e9:.3f} GFLOPs at sequence length {config.data.seq_len}).",
