@@ -162,8 +162,9 @@ def model_change(recorded: dict[str, Any], current: dict[str, Any]) -> str | Non
   within WEIGHTS_TOLERANCE of each other (e.g. retrained on another CPU); else what differs."""
   if recorded.get("model") == current.get("model"):
     return None
-  if "model_weights" not in recorded or recorded.get("model_files") != current.get("model_files"):
-    return f"model ({_show(recorded.get('model'))} -> {_show(current.get('model'))})"
+  if (any("model_weights" not in inputs for inputs in (recorded, current))
+      or recorded.get("model_files") != current.get("model_files")):
+    return f"model ({_show(recorded.get('model', _MISSING))} -> {_show(current.get('model', _MISSING))})"
   difference = weights_difference(recorded["model_weights"], current["model_weights"])
   if difference <= WEIGHTS_TOLERANCE:
     return None
@@ -203,7 +204,7 @@ def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 
 def _show(value: Any) -> str:
-  text = "unset" if value is _MISSING or value is None else json.dumps(value)
+  text = "unset" if value is _MISSING else json.dumps(value)
   return text if len(text) <= 60 else text[:57] + "..."
 
 
