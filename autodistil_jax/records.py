@@ -106,9 +106,9 @@ def checkpoint_identity(checkpoint_dir: str | os.PathLike, weights: bool = True)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Two checkpoints whose weights differ by less than this fraction of their norm are one model for
 # reuse. The same SuperLM training on 2 devices instead of 1 (other float rounding, as on another
-# CPU) gave other bytes and weights 8e-10 apart; 120 SuperLM steps at 4e-5, the least training
-# any of our experiments does, move a student 7e-3 from its sliced initialisation
-# (docs/architecture.md, "Stage records").
+# CPU) gave other bytes and weights 2.5e-8 of their norm apart; 120 SuperLM steps at 4e-5, the
+# least training any of our experiments does, move a student 6.6e-3 from its sliced
+# initialisation (docs/architecture.md, "Stage records").
 WEIGHTS_TOLERANCE = 1e-5
 _PROJECTIONS = 4
 
@@ -127,8 +127,9 @@ def weights_digest(checkpoint_dir: str | os.PathLike) -> dict[str, list]:
       continue
     values = np.asarray(tensor, np.float64).ravel()
     signs = np.random.default_rng(values.size).integers(0, 2, (_PROJECTIONS, values.size), np.int8)
-    scale = np.sqrt(max(values.size, 1))
-    projections = (2.0 * signs - 1.0) @ values / scale
+    scale, total = np.sqrt(max(values.size, 1)), values.sum()
+    # sum(+-1 * v) = 2 * sum(v where +1) - sum(v): no (projections x size) float matrix in memory
+    projections = [(2 * values[row.view(bool)].sum() - total) / scale for row in signs]
     rms = float(np.linalg.norm(values) / scale)
     digest[name] = [int(values.size), *(float(f"{x:.12g}") for x in (rms, *projections))]
   return digest
