@@ -195,11 +195,11 @@ def stage_inputs(config: ml_collections.ConfigDict, stage: str,
 def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """'key (old -> new)' for every key that differs, in key order; a model's identity (the
   keys of model_identity) is compared by model_change."""
-  keys = sorted((set(recorded) | set(current)) - set(_MODEL_KEYS))
+  keys = sorted((set(recorded) | set(current)) - set(MODEL_KEYS))
   before = lambda k: recorded.get(k, _ADDED_KEYS.get(k, _MISSING))
   changes = [f"{k} ({_show(before(k))} -> {_show(current.get(k, _MISSING))})"
              for k in keys if before(k) != current.get(k, _MISSING)]
-  if any(k in recorded or k in current for k in _MODEL_KEYS) and (model := model_change(recorded, current)):
+  if any(k in recorded or k in current for k in MODEL_KEYS) and (model := model_change(recorded, current)):
     changes.append(model)
   return changes
 
@@ -210,7 +210,7 @@ def _show(value: Any) -> str:
 
 
 _MISSING = object()
-_MODEL_KEYS = ("model", "model_files", "model_weights")
+MODEL_KEYS = ("model", "model_files", "model_weights")  # the keys of model_identity
 
 
 def read(path: AnyPath) -> dict | None:

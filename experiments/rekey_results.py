@@ -44,7 +44,6 @@ _TASK = flags.DEFINE_string("task", "stsb", "The task of the recomputed run.")
 _SEED = flags.DEFINE_integer("seed", 0, "The seed of the recomputed run.")
 _ATOL = flags.DEFINE_float("atol", 1e-5, "Largest difference of a dev Pearson correlation still 'the same'.")
 flags.mark_flags_as_required(["kept", "data_dir", "workdir"])
-_MODEL_KEYS = ("model", "model_files", "model_weights")
 
 
 def main() -> None:
@@ -91,7 +90,7 @@ def _rekey(model_dir: pathlib.Path, files: list[pathlib.Path], stored: dict) -> 
                                            [str(s) for s in stored["inputs"]["seeds"]])[0])
   identity = records.model_identity(model_dir)
   protocol, before = (finetune_stage.result_inputs(config, task, identity), stored["inputs"])
-  if changes := records.changed_keys(*({k: v for k, v in i.items() if k not in _MODEL_KEYS}
+  if changes := records.changed_keys(*({k: v for k, v in i.items() if k not in records.MODEL_KEYS}
                                        for i in (before, protocol))):
     print(f"[rekey] {model_dir.name}: the kept {task.name} result was made under another protocol "
           f"({'; '.join(changes)}); nothing re-keyed")
