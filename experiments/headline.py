@@ -6,13 +6,14 @@ One command runs the whole experiment, resumably (each finished piece is skipped
 
 1. transfer set: WikiText-2 valid+test, Tiny Shakespeare and the GLUE training sentences;
 2. SuperLMs of the demo sub-spaces (train), search, and the students selected per FLOPs budget;
-3. GLUE fine-tuning, 3 seeds per cell, first of the claim's cells on every task: the teacher, the
-   searched students, (b) sliced from the teacher of every budget's student and (d) randomly
-   initialised of the first budget's (so a cut-short run still gives the verdict);
-4. (c) of each selected architecture, distilled alone with the same objective and steps (a
-   one-student sub-space: no weight sharing);
+3. (c) of each selected architecture, distilled alone with the same objective and steps (a
+   one-student sub-space: no weight sharing; about a minute each);
+4. GLUE fine-tuning, 3 seeds per cell, first of the claim's cells on every task: the teacher, the
+   searched students, (b) sliced from the teacher and (c) distilled alone of every budget's
+   student, and (d) randomly initialised of the first budget's (so a cut-short run still gives
+   the verdict);
 5. the evaluation suite (no fine-tuning) on the teacher, the searched students and all baselines;
-6. the GLUE cells of all the baselines (each pass one task at a time over its models, so a
+6. the GLUE cells of the remaining baselines (each pass one task at a time over its models, so a
    cut-short run still compares like with like);
 7. <out>/results.md and its figures (experiments/headline_report.py).
 
@@ -87,11 +88,12 @@ def main() -> None:
       config, wd, teacher, these, kinds, corpus=lambda: pipeline.load_split_corpus(config, wd),
       mesh=parallel.make_mesh(), alone_inputs=lambda c, n: pipeline.stage_inputs(c, "train", n),
       timed=timer.run)]
-  # The claim's cells first, on every task: the teacher, the searched students, (b) of every
-  # budget's student (slicing costs nothing, and each budget's verdict needs it) and (d) of the
-  # first's. A run cut short still gives the verdict; then (c), which needs its own distillation
-  # runs, and all the rest.
-  claim_models = build(("sliced", "random"), archs[:1]) + build(("sliced",), archs[1:])
+  # The claim's cells first, on every task: the teacher, the searched students, (b) and (c) of
+  # every budget's student (each budget's verdict needs both; distilling alone costs about a
+  # minute, its fine-tuning as much as any student's) and (d) of the first's. A run cut short
+  # still gives the verdict; then the suite and the rest.
+  claim_models = (build(("sliced", "random"), archs[:1]) + build(("sliced",), archs[1:])
+                  + build(("alone",), archs))
 
   def finetune_all(models: list[str]) -> None:
     for task in tasks:  # one task at a time over its models: a cut-short run compares like with like
