@@ -75,8 +75,10 @@ def _stored_if_reusable(wd: Workdir, path: Path, inputs: dict, label: str,
   if why is None:
     if stored["inputs"].get("model") != inputs.get("model"):
       difference = records.weights_difference(stored["inputs"]["model_weights"], inputs["model_weights"])
-      print(f"{label} is reused: its model is the current one in other bytes (weights {difference:.2g} "
-            "of their norm apart: float rounding, as on another CPU or device count)")
+      apart = ("equal to the digest's 12 significant figures" if difference == 0
+               else f"{difference:.2g} of their norm apart")
+      print(f"{label} is reused: its model is the current one in other bytes (weights {apart}: float "
+            "rounding, as on another CPU or device count)")
     return stored
   aside = wd.move_aside([path]) if jax.process_index() == 0 else None
   print(f"{label} {why}; not reused (old one in {aside})")

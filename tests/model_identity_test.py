@@ -109,6 +109,10 @@ def test_a_result_is_reused_for_the_retrained_model_and_not_for_a_trained_one(st
   assert wd.glue_result("student", "rte").read_text() == stored
   assert "student rte: the stored result is reused: its model is the current one in other bytes (weights " \
          in capsys.readouterr().out
+  tensors = load_file(student / "model.safetensors")  # the stored result's values in other bytes
+  save_file(tensors, model / "model.safetensors", metadata={"format": "pt", "written": "again"})
+  finetune_stage.run_stage(config, wd)
+  assert "(weights equal to the digest's 12 significant figures: float rounding" in capsys.readouterr().out
   shutil.rmtree(model)
   _copy_with_weights(student, model, _trained)
 
