@@ -62,8 +62,9 @@ def main() -> None:
   wd = Workdir.at(_WORKDIR.value)
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
   out = pathlib.Path(_OUT.value or wd.root)
-  keep = _restore_kept(wd, out) if _OUT.value else None
-  timer = Timer(wd.experiment_file("headline", "timing.json"), on_write=keep)
+  timing = wd.experiment_file("headline", "timing.json")
+  keep = _restore_kept(wd, out, leave_out=(timing,)) if _OUT.value else None
+  timer = Timer(timing, on_write=keep)
   command = invocation("experiments/headline.py")
   glue_file = wd.experiment_file("headline", "glue_train.txt")
 
@@ -114,11 +115,13 @@ def main() -> None:
   print(f"[headline] report: {path}")
 
 
-def _restore_kept(wd, out: pathlib.Path):
-  """Brings the results kept under `out` into the workdir where it lacks them; returns what keeps
-  each new one."""
+def _restore_kept(wd, out: pathlib.Path, leave_out: tuple):
+  """Brings the results kept under `out` into the workdir where it lacks them, but `leave_out`;
+  returns what keeps each new one. The wall times are left out: a fresh workdir redoes its
+  SuperLMs and baselines, and their times summed over checkouts would count that work twice (each
+  GLUE cell keeps its own time in its result)."""
   kept = KeptResults(wd, out)
-  if restored := kept.restore():
+  if restored := kept.restore(leave_out):
     print(f"[headline] {len(restored)} results restored from {kept.root} (each GLUE result is reused "
           "only if its inputs, the model's files included, are unchanged)")
   return kept.keep

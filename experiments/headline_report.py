@@ -279,9 +279,11 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
       "![Pareto front](figures/headline_pareto.png)", "",
       "![GLUE average against FLOPs](figures/headline_glue_vs_flops.png)", "",
       "## Wall times", "",
-      "Per stage of `experiments/headline.py` (resumed runs add up; a `finetune <task>` entry holds "
-      "the passes over that task that ran to their end, the cells of an interrupted pass are only "
-      "in the per-cell table below):", "",
+      "Per stage of `experiments/headline.py` in the workdir that wrote this page (its resumed runs "
+      "add up; a fresh checkout, which trains its SuperLMs and baselines again, starts over; a "
+      "`finetune <task>` entry holds the passes over that task that ran to their end here, so a "
+      "cell restored from an earlier checkout or run in an interrupted pass is timed only in the "
+      "per-cell table below):", "",
       "| stage | seconds |", "|---|---|",
       *[f"| {k} | {v:.0f} |" for k, v in times.items()],
       f"| **total** | **{total:.0f}** ({total / 60:.0f} min) |", "",

@@ -34,13 +34,13 @@ class KeptResults:
     else:
       (self.root / relative).unlink(missing_ok=True)
 
-  def restore(self) -> list[AnyPath]:
+  def restore(self, leave_out: tuple[AnyPath, ...] = ()) -> list[AnyPath]:
     """Copies every kept record the workdir lacks back into it (a record the workdir has, it
-    keeps: it is the newer); returns the restored paths."""
-    restored = []
+    keeps: it is the newer), but those at `leave_out` (workdir paths); returns the restored paths."""
+    restored, left_out = [], {str(p) for p in leave_out}
     for kept in sorted(p for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else []:
       target = self.wd.root / kept.relative_to(self.root).as_posix()
-      if not target.exists():
+      if not target.exists() and str(target) not in left_out:
         write_text_atomic(target, kept.read_text(encoding="utf-8"))
         restored.append(target)
     return restored
