@@ -154,7 +154,7 @@ def task_so_far(teacher: dict | None, searched: dict | None, others: list[dict |
   return lines
 
 
-def plot_glue_vs_flops(path: pathlib.Path, rows: list[dict], n_tasks: int) -> None:
+def plot_glue_vs_flops(path: pathlib.Path, rows: list[dict], n_tasks: int, seq_len: int) -> None:
   """Each model's GLUE average (over `n_tasks` tasks) against its FLOPs; a model joins once every
   task's cell has run."""
   import matplotlib
@@ -175,7 +175,7 @@ def plot_glue_vs_flops(path: pathlib.Path, rows: list[dict], n_tasks: int) -> No
   if teacher:
     ax.axhline(0.95 * teacher["average"][0], color="black", linestyle=":", linewidth=0.8,
                label="95% of the teacher")
-  ax.set_xlabel("GFLOPs per sequence (exact)")
+  ax.set_xlabel(f"GFLOPs per sequence of {seq_len} tokens (exact)")
   ax.set_ylabel(f"GLUE dev average ({n_tasks} tasks, mean over seeds)")
   ax.set_title("GLUE average against cost")
   ax.grid(True, alpha=0.3)
@@ -188,8 +188,9 @@ def plot_glue_vs_flops(path: pathlib.Path, rows: list[dict], n_tasks: int) -> No
   plt.close(fig)
 
 
-def table(rows: list[dict], tasks: list[str]) -> list[str]:
-  lines = ["| model | kind | params | GFLOPs | " + " | ".join(tasks) + " | average |",
+def table(rows: list[dict], tasks: list[str], seq_len: int) -> list[str]:
+  # GLUE's sequence length, not the SuperLMs': the setup's FLOPs are at the latter.
+  lines = [f"| model | kind | params | GFLOPs (seq {seq_len}) | " + " | ".join(tasks) + " | average |",
            "|---" * (len(tasks) + 5) + "|"]
   for r in rows:
     cells = [f"{r['cells'][t][0]:.1f} ± {r['cells'][t][1]:.1f}" if t in r["cells"] else "—" for t in tasks]
@@ -234,7 +235,7 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
   figures = out / "figures"
   figures.mkdir(parents=True, exist_ok=True)
   shutil.copy(wd.search_file("pareto"), figures / "headline_pareto.png")
-  plot_glue_vs_flops(figures / "headline_glue_vs_flops.png", rows, len(tasks))
+  plot_glue_vs_flops(figures / "headline_glue_vs_flops.png", rows, len(tasks), config.glue.seq_len)
   search = json.loads(wd.search_file("summary").read_text())
   g, t = config.glue, config.train
   total = sum(times.values())
@@ -269,7 +270,7 @@ def write_report(wd: Workdir, out: pathlib.Path, config, times: dict[str, float]
       "Scores x100: accuracy (SST-2, RTE), mean of F1 and accuracy (MRPC), Matthews corr. (CoLA), "
       "mean of Pearson and Spearman (STS-B). ± is the standard deviation over seeds (ddof 0); the "
       "average is taken per seed, then over seeds.", "",
-      "## Table", "", *table(rows, tasks), "",
+      "## Table", "", *table(rows, tasks, config.glue.seq_len), "",
       "## The evaluation suite", "", *suite_section(wd, figures, models),
       "## The claim", "",
       "The searched student at <= 50% of the teacher's FLOPs keeps >= 95% of the teacher's GLUE average "
