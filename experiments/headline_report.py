@@ -94,6 +94,8 @@ def collect(wd: Workdir, models: dict[str, dict], tasks: list[str]) -> list[dict
       path = wd.glue_result(model, t)
       if cells[t] is not None and "seconds" in (result := json.loads(path.read_text())):
         row["seconds"][t] = result["seconds"]
+      if cells[t] is not None:  # the score of learning nothing (majority class; 0 for STS-B)
+        row.setdefault("trivial", {})[t] = 100 * json.loads(path.read_text()).get("trivial_score", 0.0)
     for t, scores in cells.items():
       if scores:
         v = np.array(list(scores.values()))
@@ -146,6 +148,9 @@ def task_so_far(teacher: dict | None, searched: dict | None, others: list[dict |
     t = teacher["cells"][task][0] if teacher and task in teacher["cells"] else None
     kept = ("" if t is None else f" = {s / t:.0%} of the teacher's {t:.1f}" if t > 0
             else f" (teacher {t:.1f})")
+    b = (teacher or {}).get("trivial", {}).get(task)
+    if t is not None and b and t > b:  # a share of the score hides a high majority class (MRPC)
+      kept += f", {(s - b) / (t - b):.0%} of its {t - b:.1f} points over learning nothing ({b:.1f})"
     gaps = [f"{o['kind']} {o['cells'][task][0]:.1f} ({s - o['cells'][task][0]:+.1f}, seed std of the "
             f"difference ~{np.hypot(s_std, o['cells'][task][1]):.1f})"
             for o in others if o and task in o["cells"]]
