@@ -220,12 +220,16 @@ def load_superlm(config: ml_collections.ConfigDict, wd: Workdir | str | Path, na
   like = {"params": {group: {n: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rep)
                              for n, shape in names.items()}
                      for group, names in param_shapes(cfg).items()}}
-  ckpt = _checkpointer(config, Workdir.of(wd), name)
+  wd = Workdir.of(wd)
+  missing = FileNotFoundError(f"no SuperLM checkpoint for sub-space {name!r} in "
+                              f"{wd.checkpoints(name)}: run --mode=train first")
+  if not wd.checkpoints(name).is_dir():  # checked before orbax opens it: its cleanup thread would
+    raise missing                        # print a traceback of its own after our one line
+  ckpt = _checkpointer(config, wd, name)
   restored = ckpt.restore_subset(like)
   ckpt.close()
   if restored is None:
-    raise FileNotFoundError(f"no SuperLM checkpoint for sub-space {name!r} in {ckpt.directory}: "
-                            "run --mode=train first")
+    raise missing
   step, state = restored
   return from_params(cfg, state["params"]), step
 

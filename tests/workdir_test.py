@@ -133,6 +133,10 @@ def test_leftovers_of_killed_runs_are_removed_at_the_next_start(corpus, tmp_path
   record_tmp.write_text("{")
   result = _launch(tmp_path, "search", corpus)  # fails (nothing trained), after clearing them
   assert result.returncode == 2 and "run --mode=train first" in result.stderr, result.stderr
+  fresh = _launch(tmp_path / "never_made", "search", corpus)  # the same in a workdir that is not there
+  for failed in (result, fresh):  # the one line, and no library's traceback after it
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+  assert not (tmp_path / "never_made").exists()
   assert "removed 3 temporary file(s) left by a killed run" in result.stdout
   assert not any(p.exists() for p in (search_tmp, export_tmp, record_tmp))
 
