@@ -101,7 +101,8 @@ def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, t
 
   bundle, out = tmp_path / "bundle", tmp_path / "out"
   one_device = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # as the GPU machine: 1 device
-  env = {**one_device, "BUNDLE": str(bundle), "OUT": str(out), "RUNLOCAL": "1", "LIMIT": "1700",
+  path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+  env = {**one_device, "PATH": path, "BUNDLE": str(bundle), "OUT": str(out), "RUNLOCAL": "1", "LIMIT": "1700",
          "WORKDIR": str(tmp_path / "work"), "TMPDIR": str(tmp_path)}
   script = str(ROOT / "experiments" / "headline_gpu.sh")
   refused = subprocess.run(["bash", script, "run"], env=env, capture_output=True, text=True, timeout=60)
