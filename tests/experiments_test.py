@@ -86,7 +86,9 @@ def test_search_validation_reports_every_scored_subspace_not_only_this_runs(data
   flags = [*toy_superlm(data_dir, tmp_path, steps=2, search=True, config_arg="two"), "--students=3",
            "--bootstrap=20"]
   run_experiment("search_validation.py", flags, 1200)  # the suite on both sub-spaces
-  run_experiment("search_validation.py", [*flags, "--subspaces=mini", "--finetune_tasks=stsb"], 1200)
+  _scale_stored_losses(tmp_path / "out" / "mini.json", 1 + 1e-7)  # float rounding of a rebuilt SuperLM
+  again = run_experiment("search_validation.py", [*flags, "--subspaces=mini", "--finetune_tasks=stsb"], 1200)
+  assert "mini: 3 students in" not in again.stdout  # its suite rows reused, not scored again
   rows = {line.split(" | ")[0]: line for line in (tmp_path / "out" / "results.md").read_text().splitlines()
           if line.startswith(("| mini | 3 |", "| mini2 | 3 |", "| all (pooled) | 6 |"))}
   assert set(rows) == {"| mini", "| mini2", "| all (pooled)"}  # the taus of both sub-spaces and pooled
@@ -102,6 +104,16 @@ def test_search_validation_reports_every_scored_subspace_not_only_this_runs(data
                           [*flags, "--subspaces=mini", "--finetune_tasks=stsb", changed], 600, ok=False)
     assert "holds results of another search or protocol" in done.stderr and stale in done.stderr
   assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+  _scale_stored_losses(out / "mini.json", 1 + 1e-3)  # another search's losses: refused as well
+  done = run_experiment("search_validation.py", [*flags, "--subspaces=mini"], 600, ok=False)
+  assert "mini.json (other students or search losses)" in done.stderr
+
+
+def _scale_stored_losses(cell: pathlib.Path, factor: float) -> None:
+  stored = json.loads(cell.read_text())
+  for row in stored["rows"]:
+    row["search_loss"] *= factor
+  cell.write_text(json.dumps(stored))
 
 
 @pytest.mark.slow
