@@ -89,13 +89,9 @@ def test_pooler_readouts_give_the_teachers_known_zero_shot_score(data_dir, tmp_p
   assert "| teacher | 86.7 |" in done.stdout
 
 
-_THIS_PYTHON_FIRST = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-
-
 @pytest.mark.slow
-def test_gpu_script_runs_every_part_at_toy_sizes_and_profiles_the_step(tmp_path):
-  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "TINY": "1", "OUT": str(tmp_path),
-         "PATH": _THIS_PYTHON_FIRST}  # the script calls `python`: the one running these tests
+def test_gpu_script_runs_every_part_at_toy_sizes_and_profiles_the_step(gpu_machine_env, tmp_path):
+  env = {**gpu_machine_env, "TINY": "1", "OUT": str(tmp_path)}
   result = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True, text=True,
                           timeout=1800, env=env)
   assert result.returncode == 0, result.stderr[-3000:]

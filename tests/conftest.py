@@ -6,6 +6,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
 
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -32,3 +33,12 @@ def data_dir():
   if not SHARED_DATA.is_dir():
     pytest.fail(f"test data not found at {SHARED_DATA}: set AUTODISTIL_DATA to the data folder")
   return SHARED_DATA
+
+
+@pytest.fixture
+def gpu_machine_env() -> dict[str, str]:
+  """The environment our GPU scripts run in, here: one device (no fake-device XLA_FLAGS), and the
+  `python` they call being the interpreter that runs these tests."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+  return env

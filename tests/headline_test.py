@@ -92,7 +92,7 @@ def _mean_pooled(checkpoint, sentences):
 
 
 @pytest.mark.slow
-def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, tmp_path):
+def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, gpu_machine_env, tmp_path):
   """experiments/headline_gpu.sh as the GPU machine runs it (pack here, run there), at the toy
   sizes of configs/headline.py:gpu,runlocal (about 5 CPU minutes)."""
   import tarfile
@@ -100,9 +100,7 @@ def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, t
   import numpy as np
 
   bundle, out = tmp_path / "bundle", tmp_path / "out"
-  one_device = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # as the GPU machine: 1 device
-  path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-  env = {**one_device, "PATH": path, "BUNDLE": str(bundle), "OUT": str(out), "RUNLOCAL": "1", "LIMIT": "1700",
+  env = {**gpu_machine_env, "BUNDLE": str(bundle), "OUT": str(out), "RUNLOCAL": "1", "LIMIT": "1700",
          "WORKDIR": str(tmp_path / "work"), "TMPDIR": str(tmp_path)}
   script = str(ROOT / "experiments" / "headline_gpu.sh")
   refused = subprocess.run(["bash", script, "run"], env=env, capture_output=True, text=True, timeout=60)
