@@ -12,8 +12,13 @@ of all of them (the Cartesian product, as the paper's single space) for K x trai
 `k3_long` (with --arms) trains the K sub-spaces for K x train.num_steps each, as long as k1's one
 SuperLM, to tell what k1 gains by its reach (architectures no sub-space holds) from what it gains by
 training each SuperLM longer. Each arm searches its space, exports the students selected per budget
-and runs the evaluation suite on them with their sliced and random twins (`--glue`: GLUE too).
-<out>/results.md puts the arms' picks side by side per budget.
+and runs the evaluation suite on them with their sliced and random twins (`--glue`: GLUE too, on
+`--glue_tasks`). <out>/results.md puts the arms' picks side by side per budget.
+
+`--kK_from=runs/headline` reads the kK arm from a finished run of this very config instead of
+training it again (the headline's is one: its searched students are already fine-tuned on every
+task, 3 seeds): its train and search records must match the arm's, the transfer set compared by
+content, and nothing is written there.
 """
 
 from __future__ import annotations
@@ -38,7 +43,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "head
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the arms' runs, one workdir each.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding glue/, wikitext-2/ and tinyshakespeare/.")
 _OUT = flags.DEFINE_string("out", None, "Where results.md goes (default: the workdir).")
-_GLUE = flags.DEFINE_bool("glue", False, "Also fine-tune the selected students on config.glue.tasks.")
+_GLUE = flags.DEFINE_bool("glue", False, "Also fine-tune the selected students (on --glue_tasks).")
+_GLUE_TASKS = flags.DEFINE_list("glue_tasks", None, "The tasks --glue fine-tunes on and the report shows "
+                                "(default: config.glue.tasks, which also name the transfer set's sentences).")
+_KK_FROM = flags.DEFINE_string("kK_from", None, "A finished run of this config read as the kK arm instead "
+                               "of training it (e.g. the headline's workdir); never written to.")
 _ARMS = flags.DEFINE_list("arms", ["k3", "k1"], "Arms to run and report, of kK, k1 and kK_long (K: the "
                           "config's number of sub-spaces).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite results.md from what has run.")
@@ -88,6 +97,51 @@ def read_arm(root: pathlib.Path) -> tuple[dict, dict[str, dict]]:
   return selected, {row["model"]: row for row in rows}
 
 
+def check_finished_run(config: ml_collections.ConfigDict, run: pathlib.Path) -> None:
+  """Refuses `run` as the arm `config` makes unless its train and search records match the
+  config's inputs; the transfer set's path may differ, its content (input:corpus) may not."""
+  from autodistil_jax import pipeline, records
+  from autodistil_jax.workdir import Workdir
+
+  for stage in ("train", "search"):
+    record = records.read(Workdir.at(run).stage_record(stage))
+    if record is None:
+      raise ValueError(f"--kK_from={run}: no finished {stage} stage there")
+    changes = [c for c in records.changed_keys(record["inputs"], pipeline.stage_inputs(config, stage))
+               if not c.startswith("data.corpus ")]
+    if changes:
+      raise ValueError(f"--kK_from={run}: its {stage} stage ran with other settings than this arm: "
+                       + "; ".join(changes))
+
+
+def glue_cell(path: pathlib.Path, task_name: str) -> str:
+  """One fine-tuned (student, task) result: mean ± std over seeds and seed 0's own score (an arm
+  fine-tuned on fewer seeds compares on it); "—" before it has run."""
+  from autodistil_jax import finetune_report, glue
+
+  if not path.is_file():
+    return "—"
+  result, task = json.loads(path.read_text()), glue.get_task(task_name)
+  seed0 = [next(iter(r["best"].values())) for r in result["runs"] if r["seed"] == 0]
+  first = f"; seed 0: {100 * glue.main_score(task, seed0[0]):.1f}" if seed0 else ""
+  return finetune_report.seed_mean_cell(task, result) + first
+
+
+def glue_lines(config, arms: dict, roots: dict[str, pathlib.Path], tasks: list[str]) -> list[str]:
+  """The arms' picks per budget, fine-tuned on `tasks` (GLUE dev, the headline's protocol)."""
+  from autodistil_jax.workdir import Workdir
+
+  lines = ["| budget | arm | selected | " + " | ".join(tasks) + " |", "|---" * (3 + len(tasks)) + "|"]
+  for budget in config.search.budgets:
+    for arm in arms:
+      row = read_arm(roots[arm])[0].get(budget)
+      if row is not None:
+        name, wd = f"{row['subspace']}-{row['name']}", Workdir.at(roots[arm])
+        lines.append(f"| {budget} | {arm} | {row['name']} | "
+                     + " | ".join(glue_cell(wd.glue_result(name, t), t) for t in tasks) + " |")
+  return lines
+
+
 def _cells(row: dict | None) -> str:
   if row is None:
     return "— | — | — | —"
@@ -95,13 +149,14 @@ def _cells(row: dict | None) -> str:
       ("relation", ".5f"), ("cka", ".3f"), ("sts_spearman", ".1f"), ("probe_avg", ".1f")))
 
 
-def report_lines(config, arms: dict[str, ml_collections.ConfigDict], root: pathlib.Path) -> list[str]:
+def report_lines(config, arms: dict[str, ml_collections.ConfigDict],
+                 roots: dict[str, pathlib.Path]) -> list[str]:
   """The arms' picks per budget: architecture, cost, the suite for it and for its sliced twin."""
   lines = ["| budget | arm | selected | sub-space | GFLOPs | params | relation loss ↓ | CKA | STS-B ρ | "
            "probe avg | sliced twin: relation | CKA | STS-B ρ | probe avg |", "|---" * 14 + "|"]
   for budget in config.search.budgets:
     for arm in arms:
-      selected, suite = read_arm(root / arm)
+      selected, suite = read_arm(roots[arm])
       row = selected.get(budget)
       if row is None:
         lines.append(f"| {budget} | {arm} | (not searched yet) |" + " |" * 11)
@@ -113,8 +168,10 @@ def report_lines(config, arms: dict[str, ml_collections.ConfigDict], root: pathl
   return lines
 
 
-def write_report(config, arms, root: pathlib.Path, out: pathlib.Path,
-                 times: dict[str, float]) -> pathlib.Path:
+def write_report(config, arms, roots: dict[str, pathlib.Path], out: pathlib.Path,
+                 times: dict[str, float], tasks: list[str], notes: list[str]) -> pathlib.Path:
+  from autodistil_jax.finetune_report import epochs_text
+
   spaces = {arm: {name: dict(s) for name, s in c.subspaces.items()} for arm, c in arms.items()}
   sizes = {arm: sum(len(s["layers"]) * len(s["hidden"]) * len(s["mlp_ratio"]) * len(s["heads"])
                     for s in sub.values()) for arm, sub in spaces.items()}
@@ -133,7 +190,12 @@ def write_report(config, arms, root: pathlib.Path, out: pathlib.Path,
       "The suite's columns (docs/evaluation.md): relation loss to the teacher on the held-out text, "
       "linear CKA to the teacher, zero-shot STS-B dev Spearman, frozen-feature probe average; each "
       "selected student beside the same architecture sliced from the teacher, untrained.", "",
-      *report_lines(config, arms, root), "",
+      *report_lines(config, arms, roots), "",
+      *notes, "",
+      f"GLUE dev after fine-tuning ({', '.join(tasks)}; the headline's protocol: "
+      f"{epochs_text(config.glue, tasks)}, learning rate "
+      f"{', '.join(f'{x:g}' for x in config.glue.learning_rates)}):", "",
+      *glue_lines(config, arms, roots, tasks), "",
       "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), ""]
   out.mkdir(parents=True, exist_ok=True)
   path = out / "results.md"
@@ -141,21 +203,45 @@ def write_report(config, arms, root: pathlib.Path, out: pathlib.Path,
   return path
 
 
+def arm_roots(root: pathlib.Path, arms: dict, kk_from: str | None) -> dict[str, pathlib.Path]:
+  """Each arm's workdir: its own under `root`, but the kK arm's is `kk_from` when given (checked
+  for a train record here, before any work; for matching inputs by check_finished_run)."""
+  roots = {arm: root / arm for arm in arms}
+  if kk_from:
+    kk = f"k{len(_CONFIG.value.subspaces)}"
+    if kk not in arms:
+      raise ValueError(f"--kK_from: the {kk} arm is not in --arms={','.join(arms)}")
+    roots[kk] = pathlib.Path(kk_from)
+    if not (roots[kk] / "stages" / "train.json").is_file():
+      raise ValueError(f"--kK_from={kk_from}: no finished SuperLM training there (stages/train.json)")
+  return roots
+
+
 def main() -> None:
-  from autodistil_jax import runner
+  from autodistil_jax import finetune_stage, glue, runner
+  from autodistil_jax.workdir import Workdir
 
   root = pathlib.Path(_WORKDIR.value)
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
   out = pathlib.Path(_OUT.value or root)
   arms = chosen_arms(_CONFIG.value, _ARMS.value)
+  roots = arm_roots(root, arms, _KK_FROM.value)
+  tasks = [glue.get_task(t).name for t in (_GLUE_TASKS.value or _CONFIG.value.glue.tasks)]  # checked first
   timer = Timer(root / "timing.json", "k_ablation")
   if not _REPORT_ONLY.value:
     for arm, arm_config in arms.items():
       # The transfer set is written once under --workdir (a missing data root stops the first arm
       # before any write). Each stage is reused while its record matches (a changed arm is refused).
       arm_config = with_transfer_set(arm_config, data_dir, root / "glue_train.txt")
-      timer.run(arm, runner.run, "all", arm_config, root / arm, (), "finetune" if _GLUE.value else "evaluate")
-  path = write_report(_CONFIG.value, arms, root, out, timer.times)
+      if roots[arm] != root / arm:
+        check_finished_run(arm_config, roots[arm])  # read, never run: its GLUE cells are its own
+        continue
+      timer.run(arm, runner.run, "all", arm_config, roots[arm], (), "evaluate")
+      if _GLUE.value:
+        timer.run(f"{arm} GLUE", finetune_stage.run_stage, arm_config, Workdir.at(roots[arm]), tasks)
+  notes = [f"`{arm}` is read from {roots[arm]}, a finished run of this config (its train and search "
+           "records match)." for arm in arms if roots[arm] != root / arm]
+  path = write_report(_CONFIG.value, arms, roots, out, timer.times, tasks, notes)
   print(f"[k_ablation] report: {path}")
 
 

@@ -146,22 +146,47 @@ def test_k_ablation_trains_searches_and_scores_every_arm(data_dir, tmp_path):
   assert "`k3`: 3 SuperLM(s) of 2 steps each, 448 students" in report
   assert "`k1`: 1 SuperLM(s) of 6 steps each, 1800 students" in report
   assert "`k3_long`: 3 SuperLM(s) of 6 steps each, 448 students" in report
-  rows = [line for line in report.splitlines() if line.startswith("| flops<=")]
+  suite, glue = report.split("GLUE dev after fine-tuning")  # the suite's table, then GLUE's
+  rows = [line for line in suite.splitlines() if line.startswith("| flops<=")]
   assert [r.split(" | ")[1] for r in rows] == ["k3", "k1", "k3_long"] * 2
   assert not [r for r in rows if "—" in r or "not searched" in r]  # every pick scored, and its twin
   assert all(r.split(" | ")[3] == "all" for r in rows if r.split(" | ")[1] == "k1")
+  glue_cells = [line.split(" | ")[3:] for line in glue.splitlines() if line.startswith("| flops<=")]
+  assert len(glue_cells) == 6 and {c.strip(" |") for row in glue_cells for c in row} == {"—"}  # no --glue
   again = subprocess.run(command + ["--report_only"], capture_output=True, text=True, timeout=600,
                          env=one_device)
   assert again.returncode == 0 and (tmp_path / "docs" / "results.md").read_text() == report
+  # The kK arm read from a finished run of the same config elsewhere (as the headline's): checked,
+  # never trained or fine-tuned there; k1's stages reused, its picks fine-tuned on --glue_tasks.
+  shutil.copytree(tmp_path / "run" / "k3", tmp_path / "elsewhere")
+  borrowing = [*command[:-1], "--arms=k3,k1", f"--kK_from={tmp_path / 'elsewhere'}", "--glue",
+               "--glue_tasks=rte", "--config.glue.seeds=(0,)"]
+  stale = subprocess.run(borrowing + ["--config.train.learning_rate=1e-3"], capture_output=True, text=True,
+                         timeout=600, env=one_device)
+  assert stale.returncode != 0 and "its train stage ran with other settings than this arm: " \
+      "train.learning_rate (4e-05 -> 0.001)" in stale.stderr, stale.stderr[-2000:]
+  done = subprocess.run(borrowing, capture_output=True, text=True, timeout=900, env=one_device)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = (tmp_path / "docs" / "results.md").read_text()
+  assert f"`k3` is read from {tmp_path / 'elsewhere'}" in report
+  glue_rows = [line.split(" | ") for line in report.split("GLUE dev after fine-tuning")[1].splitlines()
+               if line.startswith("| flops<=")]
+  assert [(r[1], r[-1].startswith("—")) for r in glue_rows] == [("k3", True), ("k1", False)] * 2, glue_rows
+  assert all("(n=1; by epoch" in r[-1] and "seed 0: " in r[-1] for r in glue_rows if r[1] == "k1")
+  assert not (tmp_path / "elsewhere" / "glue").exists() and "[1/5] train ..." not in done.stdout
 
 
-def test_k_ablation_refuses_an_unknown_arm_before_any_work(data_dir, tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    (["--arms=k3,k2"], "--arms: unknown ['k2']; this config's arms are ['k3', 'k1', 'k3_long']"),
+    (["--arms=k3,k1", "--kK_from=/nowhere"], "--kK_from=/nowhere: no finished SuperLM training there"),
+    (["--arms=k1", "--kK_from=/nowhere"], "--kK_from: the k3 arm is not in --arms=k1"),
+    (["--glue_tasks=stsb,nli"], "unknown GLUE task 'nli'")])
+def test_k_ablation_refuses_bad_flags_before_any_work(data_dir, tmp_path, flags, message):
   command = [sys.executable, str(ROOT / "experiments" / "k_ablation.py"),
              f"--config={ROOT}/configs/headline.py:cpu,runlocal", f"--workdir={tmp_path / 'run'}",
-             f"--data_dir={data_dir}", "--arms=k3,k2"]
+             f"--data_dir={data_dir}", *flags]
   done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-  assert done.returncode != 0 and "--arms: unknown ['k2']" in done.stderr
-  assert "['k3', 'k1', 'k3_long']" in done.stderr and not (tmp_path / "run").exists()
+  assert done.returncode != 0 and message in done.stderr and not (tmp_path / "run").exists(), done.stderr
 
 
 def test_a_cut_short_headline_compares_per_task_what_has_run():
