@@ -206,14 +206,16 @@ def write_report(config, arms, roots: dict[str, pathlib.Path], out: pathlib.Path
 def arm_roots(root: pathlib.Path, arms: dict, kk_from: str | None) -> dict[str, pathlib.Path]:
   """Each arm's workdir: its own under `root`, but the kK arm's is `kk_from` when given (checked
   for a train record here, before any work; for matching inputs by check_finished_run)."""
+  from autodistil_jax.workdir import Workdir
+
   roots = {arm: root / arm for arm in arms}
   if kk_from:
     kk = f"k{len(_CONFIG.value.subspaces)}"
     if kk not in arms:
       raise ValueError(f"--kK_from: the {kk} arm is not in --arms={','.join(arms)}")
     roots[kk] = pathlib.Path(kk_from)
-    if not (roots[kk] / "stages" / "train.json").is_file():
-      raise ValueError(f"--kK_from={kk_from}: no finished SuperLM training there (stages/train.json)")
+    if not Workdir.at(roots[kk]).stage_record("train").is_file():
+      raise ValueError(f"--kK_from={kk_from}: no finished SuperLM training there (no train record)")
   return roots
 
 

@@ -136,6 +136,8 @@ def test_k_ablation_trains_searches_and_scores_every_arm(data_dir, tmp_path):
   """experiments/k_ablation.py at toy sizes: K=3 sub-spaces of 2 steps each against one space of
   all their values (1,800 students) trained for 6 steps and against the 3 sub-spaces trained for 6
   steps each; the suite on each arm's picks."""
+  from autodistil_jax.workdir import Workdir
+
   command = [sys.executable, str(ROOT / "experiments" / "k_ablation.py"),
              f"--config={ROOT}/configs/headline.py:cpu,runlocal", f"--workdir={tmp_path / 'run'}",
              f"--data_dir={data_dir}", f"--out={tmp_path / 'docs'}", "--arms=k3,k1,k3_long"]
@@ -173,7 +175,7 @@ def test_k_ablation_trains_searches_and_scores_every_arm(data_dir, tmp_path):
                if line.startswith("| flops<=")]
   assert [(r[1], r[-1].startswith("—")) for r in glue_rows] == [("k3", True), ("k1", False)] * 2, glue_rows
   assert all("(n=1; by epoch" in r[-1] and "seed 0: " in r[-1] for r in glue_rows if r[1] == "k1")
-  assert not (tmp_path / "elsewhere" / "glue").exists() and "[1/5] train ..." not in done.stdout
+  assert not Workdir.at(tmp_path / "elsewhere").glue_root.exists() and "[1/5] train ..." not in done.stdout
 
 
 @pytest.mark.parametrize("flags, message", [
