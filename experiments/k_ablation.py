@@ -127,14 +127,15 @@ def glue_cell(path: pathlib.Path, task_name: str) -> str:
   return finetune_report.seed_mean_cell(task, result) + first
 
 
-def glue_lines(config, arms: dict, roots: dict[str, pathlib.Path], tasks: list[str]) -> list[str]:
-  """The arms' picks per budget, fine-tuned on `tasks` (GLUE dev, the headline's protocol)."""
+def glue_lines(config, picks: dict[str, tuple[dict, dict]], roots: dict[str, pathlib.Path],
+               tasks: list[str]) -> list[str]:
+  """The arms' picks (read_arm per arm) per budget, fine-tuned on `tasks` (GLUE dev)."""
   from autodistil_jax.workdir import Workdir
 
   lines = ["| budget | arm | selected | " + " | ".join(tasks) + " |", "|---" * (3 + len(tasks)) + "|"]
   for budget in config.search.budgets:
-    for arm in arms:
-      row = read_arm(roots[arm])[0].get(budget)
+    for arm, (selected, _) in picks.items():
+      row = selected.get(budget)
       if row is not None:
         name, wd = f"{row['subspace']}-{row['name']}", Workdir.at(roots[arm])
         lines.append(f"| {budget} | {arm} | {row['name']} | "
@@ -149,14 +150,13 @@ def _cells(row: dict | None) -> str:
       ("relation", ".5f"), ("cka", ".3f"), ("sts_spearman", ".1f"), ("probe_avg", ".1f")))
 
 
-def report_lines(config, arms: dict[str, ml_collections.ConfigDict],
-                 roots: dict[str, pathlib.Path]) -> list[str]:
-  """The arms' picks per budget: architecture, cost, the suite for it and for its sliced twin."""
+def report_lines(config, picks: dict[str, tuple[dict, dict]]) -> list[str]:
+  """The arms' picks (read_arm per arm) per budget: architecture, cost, the suite for it and for
+  its sliced twin."""
   lines = ["| budget | arm | selected | sub-space | GFLOPs | params | relation loss ↓ | CKA | STS-B ρ | "
            "probe avg | sliced twin: relation | CKA | STS-B ρ | probe avg |", "|---" * 14 + "|"]
   for budget in config.search.budgets:
-    for arm in arms:
-      selected, suite = read_arm(roots[arm])
+    for arm, (selected, suite) in picks.items():
       row = selected.get(budget)
       if row is None:
         lines.append(f"| {budget} | {arm} | (not searched yet) |" + " |" * 11)
@@ -172,6 +172,7 @@ def write_report(config, arms, roots: dict[str, pathlib.Path], out: pathlib.Path
                  times: dict[str, float], tasks: list[str], notes: list[str]) -> pathlib.Path:
   from autodistil_jax.finetune_report import epochs_text
 
+  picks = {arm: read_arm(roots[arm]) for arm in arms}  # each arm's files read once, for both tables
   spaces = {arm: {name: dict(s) for name, s in c.subspaces.items()} for arm, c in arms.items()}
   sizes = {arm: sum(len(s["layers"]) * len(s["hidden"]) * len(s["mlp_ratio"]) * len(s["heads"])
                     for s in sub.values()) for arm, sub in spaces.items()}
@@ -190,12 +191,12 @@ def write_report(config, arms, roots: dict[str, pathlib.Path], out: pathlib.Path
       "The suite's columns (docs/evaluation.md): relation loss to the teacher on the held-out text, "
       "linear CKA to the teacher, zero-shot STS-B dev Spearman, frozen-feature probe average; each "
       "selected student beside the same architecture sliced from the teacher, untrained.", "",
-      *report_lines(config, arms, roots), "",
+      *report_lines(config, picks), "",
       *notes, "",
       f"GLUE dev after fine-tuning ({', '.join(tasks)}; the headline's protocol: "
       f"{epochs_text(config.glue, tasks)}, learning rate "
       f"{', '.join(f'{x:g}' for x in config.glue.learning_rates)}):", "",
-      *glue_lines(config, arms, roots, tasks), "",
+      *glue_lines(config, picks, roots, tasks), "",
       "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), ""]
   out.mkdir(parents=True, exist_ok=True)
   path = out / "results.md"
@@ -203,14 +204,15 @@ def write_report(config, arms, roots: dict[str, pathlib.Path], out: pathlib.Path
   return path
 
 
-def arm_roots(root: pathlib.Path, arms: dict, kk_from: str | None) -> dict[str, pathlib.Path]:
+def arm_roots(config: ml_collections.ConfigDict, root: pathlib.Path, arms: dict,
+              kk_from: str | None) -> dict[str, pathlib.Path]:
   """Each arm's workdir: its own under `root`, but the kK arm's is `kk_from` when given (checked
   for a train record here, before any work; for matching inputs by check_finished_run)."""
   from autodistil_jax.workdir import Workdir
 
   roots = {arm: root / arm for arm in arms}
   if kk_from:
-    kk = f"k{len(_CONFIG.value.subspaces)}"
+    kk = f"k{len(config.subspaces)}"
     if kk not in arms:
       raise ValueError(f"--kK_from: the {kk} arm is not in --arms={','.join(arms)}")
     roots[kk] = pathlib.Path(kk_from)
@@ -227,7 +229,8 @@ def main() -> None:
   data_dir = pathlib.Path(_DATA_DIR.value).expanduser().absolute()
   out = pathlib.Path(_OUT.value or root)
   arms = chosen_arms(_CONFIG.value, _ARMS.value)
-  roots = arm_roots(root, arms, _KK_FROM.value)
+  roots = arm_roots(_CONFIG.value, root, arms, _KK_FROM.value)
+  borrowed = [arm for arm in arms if roots[arm] != root / arm]
   tasks = [glue.get_task(t).name for t in (_GLUE_TASKS.value or _CONFIG.value.glue.tasks)]  # checked first
   timer = Timer(root / "timing.json", "k_ablation")
   if not _REPORT_ONLY.value:
@@ -235,14 +238,14 @@ def main() -> None:
       # The transfer set is written once under --workdir (a missing data root stops the first arm
       # before any write). Each stage is reused while its record matches (a changed arm is refused).
       arm_config = with_transfer_set(arm_config, data_dir, root / "glue_train.txt")
-      if roots[arm] != root / arm:
+      if arm in borrowed:
         check_finished_run(arm_config, roots[arm])  # read, never run: its GLUE cells are its own
         continue
       timer.run(arm, runner.run, "all", arm_config, roots[arm], (), "evaluate")
       if _GLUE.value:
         timer.run(f"{arm} GLUE", finetune_stage.run_stage, arm_config, Workdir.at(roots[arm]), tasks)
   notes = [f"`{arm}` is read from {roots[arm]}, a finished run of this config (its train and search "
-           "records match)." for arm in arms if roots[arm] != root / arm]
+           "records match)." for arm in borrowed]
   path = write_report(_CONFIG.value, arms, roots, out, timer.times, tasks, notes)
   print(f"[k_ablation] report: {path}")
 
