@@ -62,15 +62,27 @@ def result_inputs(config: ml_collections.ConfigDict, task: glue.Task, model_iden
   return {**settings, "seed": config.seed, "data": glue.identity([task], config.data.glue_dir), **model}
 
 
+# The axes of a cell's grid. One run (a learning rate, a seed) depends on neither: the learning
+# rate is a traced value and each seed trains alone (side by side, as closely as finetune_seeds
+# says). So the runs already done carry over when seeds or learning rates are added.
+_GRID_KEYS = ("learning_rates", "seeds")
+
+
+def _run_inputs(inputs: dict) -> dict:
+  """What one run of a cell depends on: the cell's inputs but its grid."""
+  return {k: v for k, v in inputs.items() if k not in _GRID_KEYS}
+
+
 def _stored_if_reusable(wd: Workdir, path: Path, inputs: dict, label: str,
-                        fault: Callable[[dict], str | None] = lambda stored: None) -> dict | None:
-  """The record at `path` when it was made with `inputs` and `fault` finds nothing wrong in it;
-  else None, with the record (if any) moved aside to wd's replaced/ and one line saying why.
-  An unreadable record counts as one of other inputs (records.read)."""
+                        fault: Callable[[dict], str | None] = lambda stored: None,
+                        compared: Callable[[dict], dict] = lambda inputs: inputs) -> dict | None:
+  """The record at `path` when it was made with `inputs` (both as `compared` keeps them) and
+  `fault` finds nothing wrong in it; else None, with the record (if any) moved aside to wd's
+  replaced/ and one line saying why. An unreadable record counts as one of other inputs."""
   stored = records.read(path)
   if stored is None:
     return None
-  changes = records.changed_keys(stored["inputs"], inputs)
+  changes = records.changed_keys(compared(stored["inputs"]), compared(inputs))
   why = "was made with other inputs: " + "; ".join(changes) if changes else fault(stored)
   if why is None:
     if stored["inputs"].get("model") != inputs.get("model"):
@@ -96,7 +108,8 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
   """Fine-tunes every model (finetune_models) on `tasks` (default config.glue.tasks); one
   results.json per (model, task), reused on a re-run only when its inputs (result_inputs) match
   and its score is finite (others are moved aside to wd's replaced/ and recomputed), then the
-  summary table. A cell interrupted part-way resumes after its last finished run (FinishedRuns).
+  summary table. A cell interrupted part-way resumes after its last finished run (FinishedRuns);
+  one whose seeds or learning rates changed keeps the runs it already has (_GRID_KEYS).
   `on_result` gets each record (results.json, finished_runs.json) as soon as it is written or
   removed (experiments keep a copy with their report)."""
   if not config.data.glue_dir:
@@ -115,10 +128,11 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
       identity = records.model_identity(hf_io.resolve_checkpoint(local))
     for task in tasks:
       out, inputs = wd.glue_result(model_name, task.name), result_inputs(config, task, identity)
-      label = f"{model_name} {task.name}: the stored result"
+      label, stored = f"{model_name} {task.name}: the stored result", records.read(out)
       if _stored_if_reusable(wd, out, inputs, label, _unfinite_score) is not None:
         continue
-      finished = FinishedRuns.load(wd, wd.glue_finished_runs(model_name, task.name), inputs, on_result)
+      finished = FinishedRuns.load(wd, wd.glue_finished_runs(model_name, task.name), inputs, on_result,
+                                   carried=_runs_of_another_grid(stored, inputs, label))
       result = _finetune_task(encoder, task, splits[task.name], tokenizer, config, mesh, model_name, finished)
       result.update(checkpoint=checkpoint, inputs=inputs)
       if jax.process_index() == 0:
@@ -134,6 +148,25 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
   if jax.process_index() == 0:
     _update_cards(wd, [t.name for t in tasks])
   return finetune_report.write_summary(wd, list(models), [t.name for t in tasks])
+
+
+def _runs_of_another_grid(stored: dict | None, inputs: dict, label: str) -> tuple[list[RunResult], float]:
+  """The finite runs of a stored result whose inputs differ from `inputs` in the grid alone
+  (_GRID_KEYS: seeds or learning rates added or dropped), and the seconds it took; else none."""
+  if stored is None or "runs" not in stored or records.changed_keys(
+      _run_inputs(stored["inputs"]), _run_inputs(inputs)):
+    return [], 0.0
+  runs = _finite_runs([RunResult(**r) for r in stored["runs"]], label)
+  print(f"{label}'s {len(runs)} finished run(s) are kept for the new grid (only its "
+        "seeds or learning rates changed)")
+  return runs, float(stored.get("seconds", 0.0))
+
+
+def _finite_runs(runs: Sequence[RunResult], label: str) -> list[RunResult]:
+  finite = [r for r in runs if all(np.isfinite(v) for v in next(iter(r.best.values())).values())]
+  if len(finite) < len(runs):
+    print(f"{label}: {len(runs) - len(finite)} run(s) with a score that is not finite; recomputing them")
+  return finite
 
 
 def _update_cards(wd: Workdir, tasks: Sequence[str]) -> None:
@@ -206,16 +239,16 @@ class FinishedRuns:
     self._runs = {(r.learning_rate, r.seed): r for r in runs}
 
   @classmethod
-  def load(cls, wd: Workdir, path: Path, inputs: dict,
-           on_write: Callable[[Path], None] | None = None) -> FinishedRuns:
-    if (stored := _stored_if_reusable(wd, path, inputs, f"{path}:")) is None:
-      return cls(path, inputs, on_write)
-    runs = [RunResult(**r) for r in stored["runs"]]
-    finite = [r for r in runs if all(np.isfinite(v) for v in next(iter(r.best.values())).values())]
-    if len(finite) < len(runs):
-      print(f"{path}: {len(runs) - len(finite)} run(s) with a score that is not finite; recomputing them")
+  def load(cls, wd: Workdir, path: Path, inputs: dict, on_write: Callable[[Path], None] | None = None,
+           carried: tuple[Sequence[RunResult], float] = ((), 0.0)) -> FinishedRuns:
+    """The file's finite runs (when made with the same run inputs: _run_inputs) after the
+    `carried` (runs, seconds) of a result of another grid (_runs_of_another_grid)."""
+    runs, seconds = carried
+    if (stored := _stored_if_reusable(wd, path, inputs, f"{path}:", compared=_run_inputs)) is None:
+      return cls(path, inputs, on_write, runs, seconds)
+    finite = _finite_runs([RunResult(**r) for r in stored["runs"]], str(path))
     print(f"{path}: resuming after {len(finite)} finished run(s)")
-    return cls(path, inputs, on_write, finite, float(stored["seconds"]))
+    return cls(path, inputs, on_write, [*runs, *finite], seconds + float(stored["seconds"]))
 
   def has(self, learning_rate: float, seed: int) -> bool:
     return (learning_rate, seed) in self._runs

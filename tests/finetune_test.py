@@ -226,6 +226,14 @@ def test_a_cell_stopped_part_way_resumes_after_its_last_finished_run(data_dir, t
   assert [r["seed"] for r in resumed["runs"]] == [0, 1] and resumed["runs"] == unstopped["runs"]
   assert resumed["score_mean"] == unstopped["score_mean"] and 0 < resumed["seconds"]
 
+  # A seed added to the finished cell: its two runs are kept, only the new seed is fine-tuned.
+  calls.clear()
+  config.glue.seeds = (0, 1, 2)
+  finetune_stage.run_stage(config, wd)
+  grown = json.loads(wd.glue_result("teacher", "rte").read_text())
+  assert calls == [2] and grown["runs"][:2] == resumed["runs"] and grown["seconds"] > resumed["seconds"]
+  assert grown["inputs"]["seeds"] == [0, 1, 2] and not finished.exists()
+
 
 def test_finished_runs_of_other_inputs_are_moved_aside_and_unfinite_runs_recomputed(tmp_path):
   from autodistil_jax.workdir import Workdir
@@ -239,6 +247,8 @@ def test_finished_runs_of_other_inputs_are_moved_aside_and_unfinite_runs_recompu
   loaded = finetune_stage.FinishedRuns.load(wd, path, {"epochs": 3})
   assert loaded.has(1e-4, 0) and not loaded.has(1e-4, 1) and loaded.seconds == 12.5
   assert loaded.get(1e-4, 0) == runs[0]
+  grown = finetune_stage.FinishedRuns.load(wd, path, {"epochs": 3, "seeds": [0, 1, 2]})  # the grid's own
+  assert grown.has(1e-4, 0) and path.exists()
   other = finetune_stage.FinishedRuns.load(wd, path, {"epochs": 10})
   assert not other.has(1e-4, 0) and other.seconds == 0 and not path.exists()
   moved = [p for p in wd.root.rglob("finished_runs.json") if p != path]  # under replaced/<time>/
