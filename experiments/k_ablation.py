@@ -232,20 +232,25 @@ def main() -> None:
   roots = arm_roots(_CONFIG.value, root, arms, _KK_FROM.value)
   borrowed = [arm for arm in arms if roots[arm] != root / arm]
   tasks = [glue.get_task(t).name for t in (_GLUE_TASKS.value or _CONFIG.value.glue.tasks)]  # checked first
-  timer = Timer(root / "timing.json", "k_ablation")
-  if not _REPORT_ONLY.value:
-    for arm, arm_config in arms.items():
-      # The transfer set is written once under --workdir (a missing data root stops the first arm
-      # before any write). Each stage is reused while its record matches (a changed arm is refused).
-      arm_config = with_transfer_set(arm_config, data_dir, root / "glue_train.txt")
-      if arm in borrowed:
-        check_finished_run(arm_config, roots[arm])  # read, never run: its GLUE cells are its own
-        continue
-      timer.run(arm, runner.run, "all", arm_config, roots[arm], (), "evaluate")
-      if _GLUE.value:
-        timer.run(f"{arm} GLUE", finetune_stage.run_stage, arm_config, Workdir.at(roots[arm]), tasks)
-  notes = [f"`{arm}` is read from {roots[arm]}, a finished run of this config (its train and search "
-           "records match)." for arm in borrowed]
+  timer, glue_file, checked = Timer(root / "timing.json", "k_ablation"), root / "glue_train.txt", []
+  for arm, arm_config in arms.items():
+    # --report_only runs nothing, but still checks a borrowed arm against the transfer set written
+    # before (a report never says "records match" unchecked).
+    if _REPORT_ONLY.value and not (arm in borrowed and glue_file.is_file()):
+      continue
+    # The transfer set is written once under --workdir (a missing data root stops the first arm
+    # before any write). Each stage is reused while its record matches (a changed arm is refused).
+    arm_config = with_transfer_set(arm_config, data_dir, glue_file, write=not _REPORT_ONLY.value)
+    if arm in borrowed:
+      check_finished_run(arm_config, roots[arm])  # read, never run: its GLUE cells are its own
+      checked.append(arm)
+      continue
+    timer.run(arm, runner.run, "all", arm_config, roots[arm], (), "evaluate")
+    if _GLUE.value:
+      timer.run(f"{arm} GLUE", finetune_stage.run_stage, arm_config, Workdir.at(roots[arm]), tasks)
+  notes = [f"`{arm}` is read from {roots[arm]}, a finished run of this config ("
+           + ("its train and search records match)." if arm in checked else
+              "not yet checked against it: no transfer set under --workdir).") for arm in borrowed]
   path = write_report(_CONFIG.value, arms, roots, out, timer.times, tasks, notes)
   print(f"[k_ablation] report: {path}")
 

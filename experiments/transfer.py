@@ -37,13 +37,15 @@ def transfer_corpus(transfer: str, data_dir: pathlib.Path, glue_file: pathlib.Pa
 
 
 def with_transfer_set(config: ml_collections.ConfigDict, data_dir: pathlib.Path,
-                      glue_file: pathlib.Path) -> ml_collections.ConfigDict:
+                      glue_file: pathlib.Path, write: bool = True) -> ml_collections.ConfigDict:
   """A copy of `config` reading its transfer set (the GLUE training sentences of config.glue.tasks
-  written to `glue_file` first) and the GLUE root under `data_dir`."""
+  written to `glue_file` first, unless `write` is off: then the file written before) and the GLUE
+  root under `data_dir`."""
   from autodistil_jax import glue
 
   transfer = transfer_of(config)  # a bad name stops here, before anything is written
-  glue.write_training_sentences(data_dir / "glue", list(config.glue.tasks), glue_file)
+  if write:
+    glue.write_training_sentences(data_dir / "glue", list(config.glue.tasks), glue_file)
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.corpus = transfer_corpus(transfer, data_dir, glue_file)
   config.data.glue_dir = str(data_dir / "glue")

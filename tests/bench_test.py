@@ -90,8 +90,8 @@ def test_pooler_readouts_give_the_teachers_known_zero_shot_score(data_dir, tmp_p
 
 
 @pytest.mark.slow
-def test_gpu_script_runs_every_part_at_toy_sizes_and_profiles_the_step(gpu_machine_env, tmp_path):
-  env = {**gpu_machine_env, "TINY": "1", "OUT": str(tmp_path)}
+def test_gpu_script_runs_every_part_at_toy_sizes_and_profiles_the_step(one_device_env, tmp_path):
+  env = {**one_device_env, "TINY": "1", "OUT": str(tmp_path)}
   result = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True, text=True,
                           timeout=1800, env=env)
   assert result.returncode == 0, result.stderr[-3000:]

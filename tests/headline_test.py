@@ -1,7 +1,6 @@
 """The issue-8 experiment end to end on the seconds-long test config (slow: about 2 CPU minutes)."""
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -92,7 +91,7 @@ def _mean_pooled(checkpoint, sentences):
 
 
 @pytest.mark.slow
-def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, gpu_machine_env, tmp_path):
+def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, one_device_env, tmp_path):
   """experiments/headline_gpu.sh as the GPU machine runs it (pack here, run there), at the toy
   sizes of configs/headline.py:gpu,runlocal (about 5 CPU minutes)."""
   import tarfile
@@ -100,7 +99,7 @@ def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, g
   import numpy as np
 
   bundle, out = tmp_path / "bundle", tmp_path / "out"
-  env = {**gpu_machine_env, "BUNDLE": str(bundle), "OUT": str(out), "RUNLOCAL": "1", "LIMIT": "1700",
+  env = {**one_device_env, "BUNDLE": str(bundle), "OUT": str(out), "RUNLOCAL": "1", "LIMIT": "1700",
          "WORKDIR": str(tmp_path / "work"), "TMPDIR": str(tmp_path)}
   script = str(ROOT / "experiments" / "headline_gpu.sh")
   refused = subprocess.run(["bash", script, "run"], env=env, capture_output=True, text=True, timeout=60)
@@ -132,7 +131,7 @@ def test_gpu_headline_runs_from_its_bundle_at_toy_sizes(data_dir, teacher_dir, g
 
 
 @pytest.mark.slow
-def test_k_ablation_trains_searches_and_scores_every_arm(data_dir, tmp_path):
+def test_k_ablation_trains_searches_and_scores_every_arm(data_dir, one_device_env, tmp_path):
   """experiments/k_ablation.py at toy sizes: K=3 sub-spaces of 2 steps each against one space of
   all their values (1,800 students) trained for 6 steps and against the 3 sub-spaces trained for 6
   steps each; the suite on each arm's picks."""
@@ -141,7 +140,7 @@ def test_k_ablation_trains_searches_and_scores_every_arm(data_dir, tmp_path):
   command = [sys.executable, str(ROOT / "experiments" / "k_ablation.py"),
              f"--config={ROOT}/configs/headline.py:cpu,runlocal", f"--workdir={tmp_path / 'run'}",
              f"--data_dir={data_dir}", f"--out={tmp_path / 'docs'}", "--arms=k3,k1,k3_long"]
-  one_device = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  one_device = one_device_env
   done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=one_device)
   assert done.returncode == 0, done.stderr[-3000:]
   report = (tmp_path / "docs" / "results.md").read_text()
@@ -176,6 +175,10 @@ def test_k_ablation_trains_searches_and_scores_every_arm(data_dir, tmp_path):
   assert [(r[1], r[-1].startswith("—")) for r in glue_rows] == [("k3", True), ("k1", False)] * 2, glue_rows
   assert all("(n=1; by epoch" in r[-1] and "seed 0: " in r[-1] for r in glue_rows if r[1] == "k1")
   assert not Workdir.at(tmp_path / "elsewhere").glue_root.exists() and "[1/5] train ..." not in done.stdout
+  # --report_only runs nothing, yet never reports a borrowed arm as matching without checking it.
+  stale = subprocess.run(borrowing + ["--report_only", "--config.train.learning_rate=1e-3"],
+                         capture_output=True, text=True, timeout=600, env=one_device)
+  assert stale.returncode != 0 and "train.learning_rate (4e-05 -> 0.001)" in stale.stderr, stale.stderr[-999:]
 
 
 @pytest.mark.parametrize("flags, message", [
