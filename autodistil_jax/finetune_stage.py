@@ -245,7 +245,10 @@ class FinishedRuns:
     `carried` (runs, seconds) of a result of another grid (_runs_of_another_grid)."""
     runs, seconds = carried
     if (stored := _stored_if_reusable(wd, path, inputs, f"{path}:", compared=_run_inputs)) is None:
-      return cls(path, inputs, on_write, runs, seconds)
+      finished = cls(path, inputs, on_write, runs, seconds)
+      if runs:  # their result was moved aside: written here, a stop before the next run keeps them
+        finished.add([], 0.0)
+      return finished
     finite = _finite_runs([RunResult(**r) for r in stored["runs"]], str(path))
     print(f"{path}: resuming after {len(finite)} finished run(s)")
     return cls(path, inputs, on_write, [*runs, *finite], seconds + float(stored["seconds"]))

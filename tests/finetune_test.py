@@ -226,10 +226,15 @@ def test_a_cell_stopped_part_way_resumes_after_its_last_finished_run(data_dir, t
   assert [r["seed"] for r in resumed["runs"]] == [0, 1] and resumed["runs"] == unstopped["runs"]
   assert resumed["score_mean"] == unstopped["score_mean"] and 0 < resumed["seconds"]
 
-  # A seed added to the finished cell: its two runs are kept, only the new seed is fine-tuned.
+  # A seed added to the finished cell: its two runs are kept (in finished_runs.json before the new
+  # seed starts, their result being moved aside), only the new seed is fine-tuned.
   calls.clear()
+  kept_before = []
+  monkeypatch.setattr(finetune_stage, "finetune", lambda *a, **k: calls.append(a[6]) or kept_before.append(
+      [r["seed"] for r in json.loads(finished.read_text())["runs"]]) or real(*a, **k))
   config.glue.seeds = (0, 1, 2)
   finetune_stage.run_stage(config, wd)
+  assert kept_before == [[0, 1]]
   grown = json.loads(wd.glue_result("teacher", "rte").read_text())
   assert calls == [2] and grown["runs"][:2] == resumed["runs"] and grown["seconds"] > resumed["seconds"]
   assert grown["inputs"]["seeds"] == [0, 1, 2] and not finished.exists()
