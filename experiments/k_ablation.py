@@ -50,7 +50,8 @@ _KK_FROM = flags.DEFINE_string("kK_from", None, "A finished run of this config r
                                "of training it (e.g. the headline's workdir); never written to.")
 _ARMS = flags.DEFINE_list("arms", ["k3", "k1"], "Arms to run and report, of kK, k1 and kK_long (K: the "
                           "config's number of sub-spaces).")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite results.md from what has run.")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Only rewrite results.md from what has run (a --kK_from arm is still checked).")
 flags.mark_flags_as_required(["workdir", "data_dir"])
 
 FACTORS = ("layers", "hidden", "mlp_ratio", "heads")
