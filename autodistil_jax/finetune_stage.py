@@ -151,14 +151,14 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
 
 
 def _runs_of_another_grid(stored: dict | None, inputs: dict, label: str) -> tuple[list[RunResult], float]:
-  """The finite runs of a stored result whose inputs differ from `inputs` in the grid alone
-  (_GRID_KEYS: seeds or learning rates added or dropped), and the seconds it took; else none."""
+  """The finite runs of a stored result not reused whose inputs differ from `inputs` in the grid
+  alone (_GRID_KEYS: seeds or learning rates added or dropped; or nothing, when its score was not
+  finite), and the seconds it took; else none."""
   if stored is None or "runs" not in stored or records.changed_keys(
       _run_inputs(stored["inputs"]), _run_inputs(inputs)):
     return [], 0.0
   runs = _finite_runs([RunResult(**r) for r in stored["runs"]], label)
-  print(f"{label}'s {len(runs)} finished run(s) are kept for the new grid (only its "
-        "seeds or learning rates changed)")
+  print(f"{label}'s {len(runs)} finite run(s) are kept; only the grid's other runs are fine-tuned")
   return runs, float(stored.get("seconds", 0.0))
 
 
