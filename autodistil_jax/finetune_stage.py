@@ -73,13 +73,13 @@ def _run_inputs(inputs: dict) -> dict:
   return {k: v for k, v in inputs.items() if k not in _GRID_KEYS}
 
 
-def _stored_if_reusable(wd: Workdir, path: Path, inputs: dict, label: str,
+def _stored_if_reusable(wd: Workdir, path: Path, stored: dict | None, inputs: dict, label: str,
                         fault: Callable[[dict], str | None] = lambda stored: None,
                         compared: Callable[[dict], dict] = lambda inputs: inputs) -> dict | None:
-  """The record at `path` when it was made with `inputs` (both as `compared` keeps them) and
-  `fault` finds nothing wrong in it; else None, with the record (if any) moved aside to wd's
-  replaced/ and one line saying why. An unreadable record counts as one of other inputs."""
-  stored = records.read(path)
+  """`stored`, the record read from `path` (records.read: None when absent; an unreadable one reads
+  as made with other inputs), when it was made with `inputs` (both as `compared` keeps them) and
+  `fault` finds nothing wrong in it; else None, with the file (if any) moved aside to wd's
+  replaced/ and one line saying why."""
   if stored is None:
     return None
   changes = records.changed_keys(compared(stored["inputs"]), compared(inputs))
@@ -129,7 +129,7 @@ def run_stage(config: ml_collections.ConfigDict, wd: Workdir, tasks: Sequence[st
     for task in tasks:
       out, inputs = wd.glue_result(model_name, task.name), result_inputs(config, task, identity)
       label, stored = f"{model_name} {task.name}: the stored result", records.read(out)
-      if _stored_if_reusable(wd, out, inputs, label, _unfinite_score) is not None:
+      if _stored_if_reusable(wd, out, stored, inputs, label, _unfinite_score) is not None:
         continue
       finished = FinishedRuns.load(wd, wd.glue_finished_runs(model_name, task.name), inputs, on_result,
                                    carried=_runs_of_another_grid(stored, inputs, label))
@@ -244,7 +244,8 @@ class FinishedRuns:
     """The file's finite runs (when made with the same run inputs: _run_inputs) after the
     `carried` (runs, seconds) of a result of another grid (_runs_of_another_grid)."""
     runs, seconds = carried
-    if (stored := _stored_if_reusable(wd, path, inputs, f"{path}:", compared=_run_inputs)) is None:
+    stored = _stored_if_reusable(wd, path, records.read(path), inputs, f"{path}:", compared=_run_inputs)
+    if stored is None:
       finished = cls(path, inputs, on_write, runs, seconds)
       if runs:  # their result was moved aside: written here, a stop before the next run keeps them
         finished.add([], 0.0)
