@@ -88,8 +88,9 @@ def report(wd, models: list[str], tasks: list[str], g) -> str:
            f"{epochs_text(g, tasks)}. "
            "Each task's GLUE dev score x100 (the mean of its metrics: Pearson and Spearman for STS-B, F1 "
            "and accuracy for MRPC, Matthews for CoLA, else accuracy) at each run's best epoch, mean ± std "
-           "over seeds; then the seed mean by epoch; seconds: all seeds, compiles included.", "",
-           "| model | params | GFLOPs | " + " | ".join(tasks) + " | seconds |",
+           "over seeds; then the seed mean by epoch; seconds: all seeds, compiles included. GFLOPs per "
+           "sequence of the fine-tuning length, pooler included (the search counts its own length).", "",
+           f"| model | params | GFLOPs at length {g.seq_len} | " + " | ".join(tasks) + " | seconds |",
            "|---|---|---|" + "---|" * len(tasks) + "---|"]
   for model in models:
     results = {t: json.loads(p.read_text()) for t in tasks if (p := wd.glue_result(model, t)).is_file()}

@@ -196,9 +196,10 @@ def test_slice_ablation_slices_each_arch_fine_tunes_it_and_reuses_both(data_dir,
   assert [(c.depth, c.hidden, c.ffn, c.heads) for c in shapes] == [(1, 64, 64, 2), (2, 96, 192, 3)]
   results = [wd.glue_result(f"sliced-{name}", "stsb") for name in ("L1_H64_R1_A2", "L2_H96_R2_A3")]
   stored = [json.loads(path.read_text()) for path in results]
-  rows = [line for line in (tmp_path / "out" / "results.md").read_text().splitlines()
-          if line.startswith("| sliced-")]
+  page = (tmp_path / "out" / "results.md").read_text()
+  rows = [line for line in page.splitlines() if line.startswith("| sliced-")]
   assert [r.split(" | ")[0] for r in rows] == ["| sliced-L1_H64_R1_A2", "| sliced-L2_H96_R2_A3"]
+  assert "| GFLOPs at length 64 |" in page  # the fine-tuning length, not the search's
   assert "not run" not in "".join(rows) and stored[0]["flops"] < stored[1]["flops"]
   again = run_experiment("slice_ablation.py", flags, 600)
   assert "step/s" not in again.stderr and [json.loads(p.read_text()) for p in results] == stored
